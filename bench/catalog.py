@@ -1,0 +1,286 @@
+"""The dataset and suite catalog, declared as YAML in ``datasets/*.yaml``.
+
+Each YAML file may declare datasets (where the splits live, class-name overrides, caption prompts,
+evaluator, prompt chunking) and one suite (a versioned list of datasets with its aggregation).
+Keeping this as data means adding a dataset touches no Python, and a dataset's ``version`` and its
+suite's ``version`` can go into every result key.
+
+Real datasets live below ``--data-root``; synthetic ones (``generator: <preset>``) are generated on
+first use below a cache folder. :func:`require_data` checks that every needed file exists before any
+work starts and reports all missing paths at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from bench.data.coco_format import CocoAnnotations, load_coco
+from bench.data.dataset import CaptionPrompt, DetectionDataset
+from bench.errors import BenchError, DataError
+from bench.registry import Registry
+
+CATALOG_DIR = Path(__file__).resolve().parents[1] / "datasets"
+SPLITS = ("train", "val", "test")
+AGGREGATIONS = ("mean",)
+MAX_LISTED_MISSING = 10
+
+
+def default_cache_root() -> Path:
+    """Where synthetic datasets are generated: ``$BENCH_CACHE_DIR`` or the user's cache folder."""
+    if "BENCH_CACHE_DIR" in os.environ:
+        return Path(os.environ["BENCH_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "vl-peft-bench"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """An image folder and its annotation file, both relative to the dataset root."""
+
+    images: str
+    annotations: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the harness needs to know about one dataset, as declared in the catalog."""
+
+    name: str
+    root: str
+    splits: Mapping[str, SplitSpec]
+    version: int = 1
+    description: str = ""
+    evaluator: str = "coco"
+    evaluator_options: Mapping[str, Any] = field(default_factory=dict)
+    category_names: Mapping[int, str] = field(default_factory=dict)
+    caption_prompts: Mapping[int, CaptionPrompt] = field(default_factory=dict)
+    chunk_size: int | None = None
+    detections_per_image: int = 100
+    generator: str | None = None
+    source: Path | None = None
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.generator is not None
+
+    def root_dir(self, data_root: Path | None, cache_root: Path | None = None) -> Path:
+        if self.is_synthetic:
+            return Path(cache_root or default_cache_root()) / self.root
+        if data_root is None:
+            raise BenchError(
+                f"Dataset {self.name!r} lives on your disk, but no data root was given. Pass --data-root DIR "
+                f"(the folder that holds {self.root}/); see datasets/README.md for how to obtain it."
+            )
+        return Path(data_root) / self.root
+
+    def split(self, split: str) -> SplitSpec:
+        if split not in self.splits:
+            raise BenchError(f"Dataset {self.name!r} has no split {split!r}; it declares {sorted(self.splits)}.")
+        return self.splits[split]
+
+    def split_paths(self, split: str, data_root: Path | None, cache_root: Path | None = None) -> tuple[Path, Path]:
+        """``(image folder, annotation file)`` of ``split``."""
+        root = self.root_dir(data_root, cache_root)
+        spec = self.split(split)
+        return root / spec.images, root / spec.annotations
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A versioned group of datasets and how their scores combine into one number."""
+
+    name: str
+    datasets: tuple[str, ...]
+    version: int = 1
+    description: str = ""
+    aggregation: str = "mean"
+    source: Path | None = None
+
+
+class Catalog:
+    """All datasets and suites declared in a catalog folder, looked up by name."""
+
+    def __init__(self) -> None:
+        self.datasets: Registry[DatasetSpec] = Registry("dataset")
+        self.suites: Registry[SuiteSpec] = Registry("suite")
+
+    @classmethod
+    def load(cls, directory: str | Path = CATALOG_DIR) -> "Catalog":
+        directory = Path(directory)
+        files = sorted(directory.glob("*.yaml"))
+        if not files:
+            raise BenchError(f"The dataset catalog {directory} holds no *.yaml files; is this a full checkout?")
+        catalog = cls()
+        for path in files:
+            catalog._add_file(path)
+        for suite in catalog.suites:
+            for name in suite.obj.datasets:
+                if name not in catalog.datasets:
+                    raise BenchError(
+                        f"Suite {suite.name!r} in {suite.obj.source} lists dataset {name!r}, which no catalog file "
+                        f"declares. {catalog.datasets.unknown_name_message(name)}"
+                    )
+        return catalog
+
+    def _add_file(self, path: Path) -> None:
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise BenchError(f"Catalog file {path} is not valid YAML: {err}") from None
+        _check_keys(path, "the top level", doc, {"suite", "defaults", "datasets"})
+        defaults = doc.get("defaults") or {}
+        for name, entry in (doc.get("datasets") or {}).items():
+            if name in self.datasets:
+                raise BenchError(f"Dataset {name!r} is declared twice (again in {path}); names must be unique.")
+            self.datasets.add(name, _dataset_spec(path, name, {**defaults, **(entry or {})}), (entry or {}).get("description", ""))
+        if "suite" in doc:
+            suite = _suite_spec(path, doc["suite"])
+            self.suites.add(suite.name, suite, suite.description)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.datasets.get(name)
+
+    def suite(self, name: str) -> SuiteSpec:
+        return self.suites.get(name)
+
+    def resolve(self, suite: str | None = None, datasets: Iterable[str] | None = None) -> list[DatasetSpec]:
+        """The datasets a command asks for: a suite's members, explicit names, or both (in order, no repeats)."""
+        names: list[str] = list(self.suite(suite).datasets) if suite else []
+        for name in datasets or ():
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise BenchError("No datasets selected: pass --suite NAME or --datasets A,B (see --list).")
+        return [self.dataset(n) for n in names]
+
+
+def _check_keys(path: Path, where: str, entry: Any, allowed: set[str]) -> None:
+    if not isinstance(entry, dict):
+        raise BenchError(f"Catalog file {path}: {where} must be a mapping, found {type(entry).__name__}.")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise BenchError(
+            f"Catalog file {path}: {where} has unknown key(s) {unknown}; valid keys are {sorted(allowed)}."
+        )
+
+
+_DATASET_KEYS = {f.name for f in fields(DatasetSpec)} - {"name", "source"}
+
+
+def _dataset_spec(path: Path, name: str, entry: dict[str, Any]) -> DatasetSpec:
+    where = f"dataset {name!r}"
+    _check_keys(path, where, entry, _DATASET_KEYS)
+    for key in ("root", "splits"):
+        if key not in entry:
+            raise BenchError(f"Catalog file {path}: {where} lacks the required key {key!r}.")
+    splits = {}
+    for split, spec in entry["splits"].items():
+        if split not in SPLITS:
+            raise BenchError(f"Catalog file {path}: {where} declares split {split!r}; valid splits are {SPLITS}.")
+        _check_keys(path, f"{where}, split {split!r}", spec, {"images", "annotations"})
+        splits[split] = SplitSpec(str(spec["images"]), str(spec["annotations"]))
+    prompts = {
+        int(cid): CaptionPrompt(**p) for cid, p in (entry.get("caption_prompts") or {}).items()
+    }
+    return DatasetSpec(
+        name=name,
+        root=str(entry["root"]),
+        splits=splits,
+        version=int(entry.get("version", 1)),
+        description=str(entry.get("description", "")),
+        evaluator=str(entry.get("evaluator", "coco")),
+        evaluator_options=dict(entry.get("evaluator_options") or {}),
+        category_names={int(k): str(v) for k, v in (entry.get("category_names") or {}).items()},
+        caption_prompts=prompts,
+        chunk_size=entry.get("chunk_size"),
+        detections_per_image=int(entry.get("detections_per_image", 100)),
+        generator=entry.get("generator"),
+        source=path,
+    )
+
+
+def _suite_spec(path: Path, entry: dict[str, Any]) -> SuiteSpec:
+    _check_keys(path, "the suite", entry, {"name", "version", "description", "aggregation", "datasets"})
+    if "name" not in entry or not entry.get("datasets"):
+        raise BenchError(f"Catalog file {path}: the suite needs a 'name' and a non-empty 'datasets' list.")
+    aggregation = entry.get("aggregation", "mean")
+    if aggregation not in AGGREGATIONS:
+        raise BenchError(f"Catalog file {path}: unknown aggregation {aggregation!r}; valid: {AGGREGATIONS}.")
+    return SuiteSpec(
+        name=str(entry["name"]),
+        datasets=tuple(entry["datasets"]),
+        version=int(entry.get("version", 1)),
+        description=str(entry.get("description", "")),
+        aggregation=aggregation,
+        source=path,
+    )
+
+
+def materialize_synthetic(spec: DatasetSpec, cache_root: Path | None = None) -> Path:
+    """Generate a synthetic dataset into the cache (a no-op when it is already there)."""
+    from bench.data import synthetic
+
+    out_dir = spec.root_dir(None, cache_root)
+    synthetic.generate(synthetic.preset(spec.generator), out_dir)
+    return out_dir
+
+
+def require_data(
+    specs: Iterable[DatasetSpec],
+    data_root: Path | None,
+    splits: Iterable[str] = SPLITS,
+    cache_root: Path | None = None,
+) -> None:
+    """Fail with one error listing every missing folder or annotation file, before any work starts.
+
+    Synthetic datasets are generated here instead. Only the existence of folders and annotation
+    files is checked (cheap); images are checked when a split is opened.
+    """
+    missing: list[str] = []
+    splits = tuple(splits)
+    for spec in specs:
+        if spec.is_synthetic:
+            materialize_synthetic(spec, cache_root)
+            continue
+        for split in splits:
+            if split not in spec.splits:
+                continue
+            images, annotations = spec.split_paths(split, data_root, cache_root)
+            for path, is_there in ((images, images.is_dir()), (annotations, annotations.is_file())):
+                if not is_there and f"{spec.name}: {path}" not in missing:
+                    missing.append(f"{spec.name}: {path}")
+    if missing:
+        listed = "; ".join(missing[:MAX_LISTED_MISSING])
+        more = f" (and {len(missing) - MAX_LISTED_MISSING} more)" if len(missing) > MAX_LISTED_MISSING else ""
+        raise DataError(
+            f"{len(missing)} dataset path(s) are missing under --data-root {data_root}: {listed}{more}. "
+            f"Nothing was run. datasets/README.md says how to obtain and lay out each dataset."
+        )
+
+
+def load_split_annotations(spec: DatasetSpec, split: str, data_root: Path | None, cache_root: Path | None = None) -> CocoAnnotations:
+    """A split's validated annotations with the catalog's class-name overrides applied."""
+    _, annotations_path = spec.split_paths(split, data_root, cache_root)
+    annotations = load_coco(annotations_path)
+    return annotations.with_category_names(spec.category_names) if spec.category_names else annotations
+
+
+def open_split(
+    spec: DatasetSpec,
+    split: str,
+    data_root: Path | None,
+    *,
+    cache_root: Path | None = None,
+    transform=None,
+    annotations: CocoAnnotations | None = None,
+) -> DetectionDataset:
+    """A ready-to-iterate dataset for one split (optionally on given, e.g. few-shot, annotations)."""
+    images, _ = spec.split_paths(split, data_root, cache_root)
+    if annotations is None:
+        annotations = load_split_annotations(spec, split, data_root, cache_root)
+    return DetectionDataset(annotations, images, transform=transform, caption_prompts=dict(spec.caption_prompts))
