@@ -241,11 +241,20 @@ def require_data(
     Synthetic datasets are generated here instead. Only the existence of folders and annotation
     files is checked (cheap); images are checked when a split is opened.
     """
+    if data_root is not None and not Path(data_root).is_dir():
+        raise DataError(
+            f"The data root {data_root} does not exist. Pass --data-root the folder that holds coco/, odinw/ "
+            f"and the other datasets; datasets/README.md says how to obtain and lay out each one."
+        )
     missing: list[str] = []
     splits = tuple(splits)
     for spec in specs:
         if spec.is_synthetic:
             materialize_synthetic(spec, cache_root)
+            continue
+        root = spec.root_dir(data_root, cache_root)
+        if not root.is_dir():
+            missing.append(f"{spec.name}: {root}")
             continue
         for split in splits:
             if split not in spec.splits:
