@@ -1,0 +1,102 @@
+"""The YAML dataset catalog: what it declares, and how it refuses bad entries and missing data."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.catalog import Catalog, load_split_annotations, open_split, require_data
+from bench.errors import BenchError, DataError, UnknownNameError
+from tests.data_factory import coco_dict, write_dataset
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def test_odinw13_declares_the_thirteen_datasets(catalog):
+    suite = catalog.suite("odinw13")
+    assert len(suite.datasets) == 13 and suite.aggregation == "mean"
+    egohands = catalog.dataset("odinw-egohands")
+    assert egohands.split("val").images == "mini_val"
+    assert catalog.dataset("odinw-pascalvoc").split("test") == catalog.dataset("odinw-pascalvoc").split("val")
+    assert catalog.dataset("odinw-aquarium").category_names[7] == "stingray"
+    assert catalog.dataset("odinw-pistols").split("train").annotations == "train_annotations_without_background.json"
+
+
+def test_lvis_is_chunked_and_scored_with_fixed_ap(catalog):
+    spec = catalog.dataset("lvis-minival")
+    assert spec.chunk_size == 40 and spec.detections_per_image == 300
+    assert spec.evaluator == "lvis" and spec.evaluator_options["fixed_ap"] is True
+
+
+def test_unknown_names_suggest_the_closest(catalog):
+    with pytest.raises(UnknownNameError, match="Did you mean 'odinw13'"):
+        catalog.suite("odinw")
+    with pytest.raises(UnknownNameError, match="Did you mean 'odinw-aquarium'"):
+        catalog.dataset("odinw-aquarim")
+
+
+def test_resolve_combines_suite_and_datasets_without_repeats(catalog):
+    names = [s.name for s in catalog.resolve("coco", ["lvis-minival", "coco"])]
+    assert names == ["coco", "lvis-minival"]
+    with pytest.raises(BenchError, match="No datasets selected"):
+        catalog.resolve(None, [])
+
+
+def _write_catalog(tmp_path, text: str):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "mine.yaml").write_text(text)
+    return tmp_path
+
+
+def test_catalog_entry_with_unknown_key_is_refused(tmp_path):
+    directory = _write_catalog(tmp_path, "datasets:\n  d:\n    root: x\n    splits: {}\n    colour: red\n")
+    with pytest.raises(BenchError, match=r"dataset 'd' has unknown key\(s\) \['colour'\]"):
+        Catalog.load(directory)
+
+
+def test_suite_with_undeclared_dataset_is_refused(tmp_path):
+    directory = _write_catalog(tmp_path, "suite: {name: s, datasets: [ghost]}\n")
+    with pytest.raises(BenchError, match="lists dataset 'ghost'"):
+        Catalog.load(directory)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    directory = _write_catalog(tmp_path, "datasets: [unclosed\n")
+    with pytest.raises(BenchError, match="mine.yaml is not valid YAML"):
+        Catalog.load(directory)
+
+
+LOCAL = """
+suite: {name: local, version: 2, datasets: [toy]}
+datasets:
+  toy:
+    root: toy
+    category_names: {2: renamed}
+    splits:
+      train: {images: train, annotations: train/annotations.json}
+      val: {images: val, annotations: val/annotations.json}
+"""
+
+
+def test_require_data_lists_every_missing_path_before_work(tmp_path):
+    catalog = Catalog.load(_write_catalog(tmp_path / "catalog", LOCAL))
+    data_root = tmp_path / "data"
+    write_dataset(data_root / "toy" / "train", coco_dict())
+    with pytest.raises(DataError, match=r"2 dataset path\(s\) are missing.*toy/val.*toy/val/annotations.json.*Nothing was run"):
+        require_data(catalog.resolve("local"), data_root)
+    with pytest.raises(DataError, match="data root .*nowhere does not exist"):
+        require_data(catalog.resolve("local"), tmp_path / "nowhere")
+    require_data(catalog.resolve("local"), data_root, splits=["train"])
+
+
+def test_open_split_applies_overrides(tmp_path):
+    catalog = Catalog.load(_write_catalog(tmp_path / "catalog", LOCAL))
+    data_root = tmp_path / "data"
+    write_dataset(data_root / "toy" / "train", coco_dict())
+    spec = catalog.dataset("toy")
+    assert load_split_annotations(spec, "train", data_root).category_names() == {1: "class1", 2: "renamed"}
+    dataset = open_split(spec, "train", data_root)
+    assert [c.name for c in dataset.prompt_classes()] == ["class1", "renamed"]
+    assert catalog.suite("local").version == 2
