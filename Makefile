@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine (see README.md):
+#   make bench   create .venv, install the project, run the default benchmark
+#   make test    create .venv, install the project with its test tools, run the test-suite
+# The venv is rebuilt only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install bench test clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+bench: install
+	$(PY) run_bench.py
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks
