@@ -100,3 +100,19 @@ def test_open_split_applies_overrides(tmp_path):
     dataset = open_split(spec, "train", data_root)
     assert [c.name for c in dataset.prompt_classes()] == ["class1", "renamed"]
     assert catalog.suite("local").version == 2
+
+
+def test_synthetic_datasets_are_generated_on_first_use(catalog, tmp_path):
+    spec = catalog.dataset("shapes")
+    require_data([spec], data_root=None, cache_root=tmp_path)
+    dataset = open_split(spec, "val", None, cache_root=tmp_path)
+    assert len(dataset) == 40
+    image, target = dataset[0]
+    assert image.size[0] >= 96 and len(target["labels"]) >= 1
+    assert (tmp_path / "synthetic" / "shapes" / "manifest.json").is_file()
+
+
+def test_every_suite_resolves_to_declared_datasets(catalog):
+    for entry in catalog.suites:
+        assert [spec.name for spec in catalog.resolve(entry.name)] == list(entry.obj.datasets)
+    assert {"coco", "lvis", "odinw13", "shapes", "shapes-odinw", "shapes-lvis"} <= set(catalog.suites.names())
