@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Until models and methods are registered, the default benchmark prepares and checks the synthetic suite.
+BENCH_ARGS ?= --suite shapes-odinw --check-data
 
 .PHONY: install bench test clean
 
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 bench: install
-	$(PY) run_bench.py
+	$(PY) run_bench.py $(BENCH_ARGS)
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
