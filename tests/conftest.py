@@ -7,9 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -17,3 +19,20 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def fixture_a_dir() -> Path:
+    """Parity fixture A, made by running the official GLIP code (see tests/fixtures/README.md)."""
+    return FIXTURES / "glip_parity_A"
+
+
+@pytest.fixture(scope="session")
+def fixture_a_summary(fixture_a_dir) -> dict:
+    return json.loads((fixture_a_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def fixture_a_reference(fixture_a_dir) -> dict:
+    """The official code's tensors for fixture A (``reference.pt``), loaded without running pickled code."""
+    return torch.load(fixture_a_dir / "reference.pt", weights_only=True)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from bench.data.prompts import (
@@ -28,13 +25,13 @@ def tokenizer(fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def summary(fixtures_dir):
-    return json.loads((fixtures_dir / "glip_parity_A" / "data_summary.json").read_text())
+def summary(fixture_a_summary):
+    return fixture_a_summary
 
 
 @pytest.fixture(scope="module")
-def reference(fixtures_dir):
-    return load_file(fixtures_dir / "glip_parity_A" / "data_reference.safetensors")
+def reference(fixture_a_reference):
+    return fixture_a_reference
 
 
 def test_prompt_matches_official_glip(tokenizer, summary):

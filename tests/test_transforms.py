@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from bench.data.transforms import (
     GlipResize,
@@ -27,12 +25,11 @@ FIXTURE_MIN_SIZE, FIXTURE_MAX_SIZE = 160, 256
 
 
 @pytest.fixture(scope="module")
-def fixture_a(fixtures_dir):
-    root = fixtures_dir / "glip_parity_A"
+def fixture_a(fixture_a_dir, fixture_a_summary, fixture_a_reference):
     return {
-        "image": Image.open(root / "image_0.png").convert("RGB"),
-        "summary": json.loads((root / "data_summary.json").read_text()),
-        "reference": load_file(root / "data_reference.safetensors"),
+        "image": Image.open(fixture_a_dir / "image_0.png").convert("RGB"),
+        "summary": fixture_a_summary,
+        "reference": fixture_a_reference,
     }
 
 
