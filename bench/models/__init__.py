@@ -1,0 +1,1 @@
+"""Detectors behind one interface; each backend registers itself by name."""
