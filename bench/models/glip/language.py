@@ -1,0 +1,86 @@
+"""GLIP's text side: the BERT encoder (``transformers.BertModel``) and its tokenizer.
+
+The released checkpoints contain the fine-tuned BERT weights, so only the *shape* of
+bert-base-uncased is needed to build the model; the tokenizer files, however, must be on disk (a
+local folder or the Hugging Face cache): nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from bench.errors import BenchError
+from bench.models.glip.config import TextConfig
+
+DEFAULT_TOKENIZER = "bert-base-uncased"
+
+
+@dataclass
+class TextEncoding:
+    """The text encoder's output, as GLIP's language backbone returns it.
+
+    ``hidden`` ``[B, T, D]`` is the unmasked last layer (what enters the fusion tower), ``embedded``
+    is ``hidden`` with padded positions zeroed, ``mask`` ``[B, T]`` is the tokenizer's attention mask.
+    """
+
+    hidden: torch.Tensor
+    embedded: torch.Tensor
+    mask: torch.Tensor
+
+
+# (input embeddings [B, T, D], attention mask [B, T]) -> (input embeddings, attention mask)
+InputEmbeddingHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class LanguageBackbone(nn.Module):
+    """``language_backbone.body.model``: a ``BertModel`` without pooler, called without token types.
+
+    Extension point: ``input_embedding_hook`` (default ``None``) may rewrite the word embeddings and
+    the attention mask before BERT runs, e.g. to insert learnable context vectors (CoOp).
+    """
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        bert_config = BertConfig(**config.bert)
+        bert_config._attn_implementation = "eager"  # GLIP's numerics; sdpa differs in the last bits
+        self.body = nn.Module()
+        self.body.model = BertModel(bert_config, add_pooling_layer=False)
+        self.input_embedding_hook: InputEmbeddingHook | None = None
+
+    @property
+    def bert(self) -> BertModel:
+        return self.body.model
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoding:
+        embeddings = self.word_embeddings()(input_ids)
+        if self.input_embedding_hook is not None:
+            embeddings, attention_mask = self.input_embedding_hook(embeddings, attention_mask)
+        out = self.bert(inputs_embeds=embeddings, attention_mask=attention_mask)
+        hidden = out.last_hidden_state
+        return TextEncoding(hidden=hidden, embedded=hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), mask=attention_mask)
+
+
+def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER):
+    """A fast BERT tokenizer from a local folder or the Hugging Face cache, never from the network."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise BenchError(
+            f"The tokenizer {str(name_or_path)!r} is neither a local folder nor in the Hugging Face cache "
+            f"({type(err).__name__}). GLIP uses bert-base-uncased: on a machine with network access run "
+            "`python -c \"from transformers import AutoTokenizer; "
+            "AutoTokenizer.from_pretrained('bert-base-uncased').save_pretrained('bert-base-uncased')\"`, "
+            "copy that folder here and pass its path (--text-encoder DIR), or fill the cache that HF_HOME points to."
+        ) from None
+    if not tokenizer.is_fast:
+        raise BenchError(f"The tokenizer in {name_or_path} has no fast (Rust) version; GLIP's positive maps need one.")
+    return tokenizer
