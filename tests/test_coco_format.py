@@ -145,3 +145,15 @@ def test_subset_keeps_only_chosen_images(tmp_path):
     assert sub.category_id_to_label == coco.category_id_to_label
     with pytest.raises(DataError, match=r"\[9\]"):
         coco.subset([9])
+
+
+def test_annotation_id_zero_is_renumbered_so_evaluation_counts_it(tmp_path):
+    from bench.detections import ImageDetections
+    from bench.eval import evaluate_coco
+
+    data = coco_dict(images=1, categories=(1,))
+    data["annotations"][0]["id"] = 0  # Roboflow exports (ODinW) start at 0
+    coco = load_coco(write_dataset(tmp_path, data, with_images=False))
+    assert [a["id"] for a in coco.data["annotations"]] == [1]
+    perfect = ImageDetections(1, [[5.0, 5.0, 15.0, 15.0]], [0.9], [1])
+    assert evaluate_coco(coco.data, [perfect])["AP"] == pytest.approx(1.0)

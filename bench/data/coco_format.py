@@ -191,8 +191,21 @@ def validate_coco(raw: Any, path: Path) -> CocoAnnotations:
             DegenerateBoxWarning,
             stacklevel=3,
         )
-    data = {**raw, "annotations": annotations}
+    data = {**raw, "annotations": _without_zero_ids(annotations)}
     return CocoAnnotations(path, data, skipped)
+
+
+def _without_zero_ids(annotations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Renumber annotations 1..N when one of them has id 0.
+
+    pycocotools (and the evaluators built like it) record "matched to annotation id" per detection
+    and read 0 as "unmatched", so a ground-truth box with id 0 turns its true positive into a false
+    positive. Roboflow exports (ODinW) number annotations from 0. Annotation ids mean nothing
+    else to the benchmark, so they are renumbered rather than refused.
+    """
+    if not any(ann["id"] == 0 for ann in annotations):
+        return annotations
+    return [{**ann, "id": number} for number, ann in enumerate(annotations, start=1)]
 
 
 def load_coco(path: str | Path) -> CocoAnnotations:
