@@ -58,9 +58,12 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
     try:
         raw = torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
     except pickle.UnpicklingError as err:
+        disallowed = re.search(r"GLOBAL (\S+)|(\S+) was not an allowed global", str(err))
+        if disallowed is None:
+            raise BenchError(f"Checkpoint {path} cannot be read; the file is truncated or not a PyTorch checkpoint.") from None
         raise BenchError(
-            f"Checkpoint {path} holds Python objects beyond tensors, so it was not loaded: reading it would let "
-            f"the file run code ({str(err).splitlines()[0]}). If you trust its source, pass "
+            f"Checkpoint {path} holds Python objects beyond tensors ({next(g for g in disallowed.groups() if g)}), "
+            "so it was not loaded: reading it would let the file run code. If you trust its source, pass "
             "--allow-unsafe-checkpoint (allow_unsafe_pickle=True) to load it anyway."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:

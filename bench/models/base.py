@@ -1,0 +1,77 @@
+"""The seam between detectors and tuning methods.
+
+A detector exposes its parts as named extension points; methods use only these, never a model's
+internals or its name, so every method runs on every backend:
+
+* ``parameter_groups()``: stable group names (``vision_backbone``, ``neck``, ``text_encoder``,
+  ``fusion``, ``head``) -> parameter names, for freezing, LoRA target selection and accounting;
+* ``vision_blocks()``: the transformer blocks of the image backbone, each with an ``extra_tokens``
+  slot where visual prompts join the block's attention;
+* ``text_encoder()``: exposes ``word_embeddings()`` and an ``input_embedding_hook`` slot for context
+  vectors in the text input space;
+* ``text_feature_offset``: a slot for a module that edits the text features before fusion;
+* ``fusion_layers()``: every image-text fusion layer, each exposing its projections and a
+  ``token_extension`` slot whose tokens are appended before attention and stripped after it.
+
+Slots are plain attributes that default to ``None``; with every slot empty a model computes exactly
+what its official implementation computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+PARAMETER_GROUPS = ("vision_backbone", "neck", "text_encoder", "fusion", "head")
+
+# Attribute names of extension slots; tensors below them belong to methods, not to the base model.
+SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "text_feature_offset", "token_extension")
+
+
+@dataclass(frozen=True)
+class VisionBlock:
+    """One transformer block of the image backbone, with what a prompt for it must look like."""
+
+    index: int
+    stage: int
+    channels: int
+    module: nn.Module
+
+
+@dataclass
+class Detections:
+    """Detections of one image in the model's resized-image coordinates, with contiguous labels."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+
+def is_slot_tensor(name: str) -> bool:
+    """Whether a state-dict key lives under an extension slot (i.e. was added by a method)."""
+    return any(part in SLOT_NAMES for part in name.split("."))
+
+
+class DetectorBase(nn.Module):
+    """What every detector backend provides (see the module docstring)."""
+
+    tokenizer: Any
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        raise NotImplementedError
+
+    def vision_blocks(self) -> list[VisionBlock]:
+        raise NotImplementedError
+
+    def fusion_layers(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def text_encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def base_parameter_names(self) -> list[str]:
+        """Parameters of the detector itself, excluding anything installed in a slot."""
+        return [name for name, _ in self.named_parameters() if not is_slot_tensor(name)]
