@@ -1,0 +1,118 @@
+"""Tower module ``3i+2``: DyHead's vision path across pyramid levels (reference/glip.md §1.6 step 3).
+
+For every level ``l`` (F_0..F_4 = P3..P7) one offset/mask map is predicted from F_l and shared by
+up to three modulated deformable 3x3 convolutions: ``DyConv[1]`` on F_l, ``DyConv[2]`` (stride 2)
+on the finer F_{l-1}, and ``DyConv[0]`` on the coarser F_{l+1}, upsampled to F_l's size. The terms
+are weighted by a scale attention (DyFuse) and averaged, then passed through DyReLU.
+State-dict names are the official ones: ``DyConv.{0,1,2}.{conv,bn}``, ``AttnConv.1``,
+``relu.fc.{0,2}``, ``offset``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import DeformConv2d
+
+from bench.models.glip.text_features import TextFeatures
+
+OFFSET_CHANNELS = 18  # (Δy, Δx) for each of the 9 taps, tap k = i*3+j at channels 2k, 2k+1
+MASK_CHANNELS = 9
+
+
+def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Hard sigmoid ``relu6(x + 3) / 6``, as in DyHead."""
+    return F.relu6(x + 3) / 6
+
+
+class Conv3x3Norm(nn.Module):
+    """Modulated deformable 3x3 convolution (padding 1, bias) followed by GroupNorm.
+
+    ``forward(x [B, C, H, W], offset [B, 18, H', W'], mask [B, 9, H', W'])`` -> ``[B, C, H', W']``
+    with ``H' = ceil(H / stride)``. Runs in float32 like the official op (``custom_fwd(cast_inputs=
+    float32)``); ``torchvision.ops.deform_conv2d`` has the same offset layout and zero-outside
+    bilinear sampling as GLIP's CUDA kernel.
+    """
+
+    def __init__(self, channels: int, stride: int, gn_groups: int) -> None:
+        super().__init__()
+        self.conv = DeformConv2d(channels, channels, kernel_size=3, stride=stride, padding=1)
+        self.bn = nn.GroupNorm(gn_groups, channels)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(self.conv.weight.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.bn(self.conv(x.to(dtype), offset.to(dtype), mask.to(dtype)))
+
+
+class DyReLU(nn.Module):
+    """Dynamic ReLU with two learned linear pieces per channel, from the map's global average.
+
+    ``x`` ``[B, C, H, W]`` -> ``max(x * a1 + b1, x * a2 + b2)`` per channel, where
+    ``h_sigmoid(fc(mean(x)))`` gives ``(a1, b1, a2, b2)`` after GLIP's re-centring: ``a1`` around 1,
+    ``a2`` around 0 (DYReLU defaults lambda_a 1.0 -> scale 2, init_a (1, 0), init_b (0, 0)).
+    """
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        squeeze = channels // reduction  # DYReLU's reduction == 4 branch: no rounding to a multiple of 4
+        self.channels = channels
+        self.fc = nn.Sequential(nn.Linear(channels, squeeze), nn.ReLU(), nn.Linear(squeeze, 4 * channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        coeffs = h_sigmoid(self.fc(F.adaptive_avg_pool2d(x, 1).view(b, c))).view(b, 4 * c, 1, 1)
+        a1, b1, a2, b2 = torch.split(coeffs, self.channels, dim=1)
+        return torch.max(x * ((a1 - 0.5) * 2 + 1) + (b1 - 0.5), x * ((a2 - 0.5) * 2) + (b2 - 0.5))
+
+
+def reinterpret_offsets(offset: torch.Tensor, mask: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[Q] Offsets/masks of a finer level read as if they belonged to a ``height x width`` output.
+
+    ``DyConv[0]`` runs on the coarser level with the offsets predicted for the current one. GLIP's
+    CUDA kernel does not check shapes: it reads the first ``18*h*w`` offset and ``9*h*w`` mask
+    floats of each image's buffer (reference/glip.md §1.6, fixtures/README.md §7). ``offset``
+    ``[B, 18, H, W]``, ``mask`` ``[B, 9, H, W]`` -> ``[B, 18, h, w]``, ``[B, 9, h, w]``.
+    """
+    b = offset.shape[0]
+    area = height * width
+    off = offset.reshape(b, -1)[:, : OFFSET_CHANNELS * area].reshape(b, OFFSET_CHANNELS, height, width)
+    msk = mask.reshape(b, -1)[:, : MASK_CHANNELS * area].reshape(b, MASK_CHANNELS, height, width)
+    return off, msk
+
+
+class DyConv(nn.Module):
+    """One DyHead vision block over all pyramid levels.
+
+    ``forward(visual, text)``: ``visual`` is a list of ``[B, C, H_l, W_l]`` maps, each level half the
+    size (rounded up) of the previous one, as after padding to /32; returns maps of the same shapes.
+    ``text`` passes through unchanged.
+    """
+
+    def __init__(self, channels: int, gn_groups: int) -> None:
+        super().__init__()
+        # Index = official position: 0 for the coarser level, 1 for the same level, 2 (stride 2) for the finer one.
+        self.DyConv = nn.ModuleList([Conv3x3Norm(channels, stride, gn_groups) for stride in (1, 1, 2)])
+        self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, kernel_size=1), nn.ReLU())
+        self.relu = DyReLU(channels)
+        self.offset = nn.Conv2d(channels, OFFSET_CHANNELS + MASK_CHANNELS, kernel_size=3, padding=1)
+
+    def _level(self, visual: list[torch.Tensor], level: int) -> torch.Tensor:
+        feature = visual[level]
+        offset_mask = self.offset(feature)  # predicted from the CURRENT level, shared by all terms
+        offset, mask = offset_mask[:, :OFFSET_CHANNELS], offset_mask[:, OFFSET_CHANNELS:].sigmoid()
+        terms = [self.DyConv[1](feature, offset, mask)]
+        if level > 0:
+            terms.append(self.DyConv[2](visual[level - 1], offset, mask))
+        if level < len(visual) - 1:
+            coarser = visual[level + 1]
+            coarse = self.DyConv[0](coarser, *reinterpret_offsets(offset, mask, *coarser.shape[-2:]))
+            # F.upsample_bilinear in the official code, i.e. align_corners=True [Q].
+            terms.append(F.interpolate(coarse, size=feature.shape[-2:], mode="bilinear", align_corners=True))
+        # DyFuse: scale attention per term, then the mean over the 2 or 3 terms.
+        weights = h_sigmoid(torch.stack([self.AttnConv(term) for term in terms]))  # [n, B, 1, 1, 1]
+        return self.relu(torch.mean(torch.stack(terms) * weights, dim=0))
+
+    def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> tuple[list[torch.Tensor], TextFeatures]:
+        return [self._level(visual, level) for level in range(len(visual))], text

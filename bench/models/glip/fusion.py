@@ -1,0 +1,210 @@
+"""GLIP's image-text fusion: bidirectional multi-head attention inside every VL-DyHead block.
+
+Module tree and state-dict names are the official ones (reference/glip.md §2, §3)::
+
+    VLFuse                      rpn.head.dyhead_tower.{3i}
+      b_attn: BiAttentionBlock    .b_attn.{layer_norm_v, layer_norm_l, gamma_v, gamma_l}
+        attn: BiMultiHeadAttention  .b_attn.attn.{v_proj, l_proj, values_v_proj, values_l_proj,
+                                                  out_v_proj, out_l_proj}
+
+Extension point: :class:`BiMultiHeadAttention` is GLIP's *fusion layer* as the model interface
+exposes it (``DyHeadTower.fusion_layers()``). It holds the frozen projections (``v_proj`` and
+``l_proj`` produce the shared logits) and a ``token_extension`` slot, ``None`` by default. A module
+placed there receives the layer-normalised inputs right before attention and may append rows::
+
+    extend(v_hat [B, N_v, v_dim], l_hat [B, T, l_dim], text_mask [B, T])
+        -> (v_ext [B, N_v + K_v, v_dim], l_ext [B, T + K_l, l_dim], mask_ext [B, T + K_l])
+
+The first ``N_v`` / ``T`` rows must be the inputs themselves; the layer attends over the extended
+sequences and drops the ``K_v`` / ``K_l`` appended rows from its outputs, so the residual and
+everything outside see the original shapes. With the slot empty nothing extra runs: the result is
+bit-identical to the official computation. SDPT (reference/sdpt.md §2.5) installs its projected
+prototype tokens here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bench.errors import BenchError
+from bench.models.glip.config import GlipConfig
+from bench.models.glip.text_features import TextFeatures
+
+# GLIP's mask for padded tokens on the image side (reference/glip.md §3 step 4).
+MASKED_TOKEN_LOGIT = -9e15
+
+
+class TokenExtension(Protocol):
+    """What the ``token_extension`` slot of a fusion layer holds (see the module docstring)."""
+
+    def extend(
+        self, v_hat: torch.Tensor, l_hat: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 (or float64 if it already is): softmax and the ±clamp run at full precision
+    even under bf16/fp16 autocast, where the official code relies on the clamps against overflow."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class BiMultiHeadAttention(nn.Module):
+    """One shared logit matrix between image positions and text tokens, softmaxed both ways.
+
+    Inputs: ``v`` ``[B, N_v, v_dim]`` (all pyramid levels flattened and concatenated), ``l``
+    ``[B, T, l_dim]``, ``text_mask`` ``[B, T]``. Returns the updates ``(Δv [B, N_v, v_dim],
+    Δl [B, T, l_dim])`` (reference/glip.md §3 steps 1-8).
+    """
+
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float, clamp: float) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise BenchError(f"The fusion embed_dim ({embed_dim}) must be divisible by its num_heads ({num_heads}).")
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.embed_dim = embed_dim
+        self.scale = self.head_dim**-0.5
+        self.dropout = dropout
+        self.clamp = clamp
+        self.v_proj = nn.Linear(v_dim, embed_dim)  # image queries
+        self.l_proj = nn.Linear(l_dim, embed_dim)  # text keys
+        self.values_v_proj = nn.Linear(v_dim, embed_dim)  # values for the text update
+        self.values_l_proj = nn.Linear(l_dim, embed_dim)  # values for the image update
+        self.out_v_proj = nn.Linear(embed_dim, v_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+        self.token_extension: TokenExtension | None = None
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, E]`` -> ``[B * heads, L, head_dim]`` (the official head layout)."""
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2).reshape(b * self.num_heads, n, self.head_dim)
+
+    def _merge_heads(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """``[B * heads, L, head_dim]`` -> ``[B, L, E]``."""
+        return x.view(batch, self.num_heads, -1, self.head_dim).transpose(1, 2).reshape(batch, -1, self.embed_dim)
+
+    def _extend(
+        self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v_ext, l_ext, mask_ext = self.token_extension.extend(v, l, text_mask)
+        ok = (
+            v_ext.shape[0] == l_ext.shape[0] == mask_ext.shape[0] == v.shape[0]
+            and v_ext.shape[1] >= v.shape[1]
+            and l_ext.shape[1] >= l.shape[1]
+            and mask_ext.shape[1] == l_ext.shape[1]
+            and v_ext.shape[2:] == v.shape[2:]
+            and l_ext.shape[2:] == l.shape[2:]
+        )
+        if not ok:
+            raise BenchError(
+                f"The token extension {type(self.token_extension).__name__} must append rows to the image tokens "
+                f"{tuple(v.shape)} and text tokens {tuple(l.shape)} (mask {tuple(text_mask.shape)}), keeping batch "
+                f"and feature sizes; it returned {tuple(v_ext.shape)}, {tuple(l_ext.shape)} and mask {tuple(mask_ext.shape)}."
+            )
+        return v_ext, l_ext, mask_ext
+
+    def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n_v, n_l = v.shape[1], l.shape[1]
+        if self.token_extension is not None:
+            v, l, text_mask = self._extend(v, l, text_mask)
+        batch, tgt_len, src_len = v.shape[0], v.shape[1], l.shape[1]
+
+        query = self._split_heads(self.v_proj(v) * self.scale)
+        key = self._split_heads(self.l_proj(l))
+        value_v = self._split_heads(self.values_v_proj(v))
+        value_l = self._split_heads(self.values_l_proj(l))
+
+        logits = _at_least_fp32(torch.bmm(query, key.transpose(1, 2)))  # [B*h, N_v, T]
+        logits = logits.clamp(-self.clamp, self.clamp)
+
+        # Text -> image: softmax over ALL image positions of the max-subtracted logits; no mask on
+        # this side, so padded tokens are updated too (reference/glip.md §3 step 3) [Q].
+        logits_t = logits.transpose(1, 2)
+        logits_t = (logits_t - logits_t.amax(dim=-1, keepdim=True)).clamp(-self.clamp, self.clamp)
+        probs_l = logits_t.softmax(dim=-1)
+
+        # Image -> text: padded tokens get -9e15 and real ones +1, which softmax ignores; kept as the
+        # official code adds it (reference/glip.md §3 step 4) [Q].
+        token_bias = torch.where(text_mask == 0, MASKED_TOKEN_LOGIT, 1.0).to(logits.dtype)
+        logits_v = logits.view(batch, self.num_heads, tgt_len, src_len) + token_bias[:, None, None, :]
+        probs_v = logits_v.view(batch * self.num_heads, tgt_len, src_len).softmax(dim=-1)
+
+        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
+        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        out_v = self._merge_heads(torch.bmm(probs_v.to(value_l.dtype), value_l), batch)
+        out_l = self._merge_heads(torch.bmm(probs_l.to(value_v.dtype), value_v), batch)
+        if tgt_len != n_v or src_len != n_l:  # strip the extension's rows (per-row ops from here on)
+            out_v, out_l = out_v[:, :n_v], out_l[:, :n_l]
+        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+
+
+class BiAttentionBlock(nn.Module):
+    """Pre-LayerNorm, bidirectional attention and layer-scaled residuals (official
+    ``BiAttentionBlockForCheckpoint``, named ``b_attn``).
+
+    [Q] The residual is added to the *normalised* inputs, ``v̂ + gamma_v * Δv`` (reference/glip.md §3);
+    drop-path is 0 in GLIP and therefore absent. Inputs/outputs: ``v`` ``[B, N_v, v_dim]``, ``l``
+    ``[B, T, l_dim]``, ``text_mask`` ``[B, T]``.
+    """
+
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float, clamp: float,
+                 init_values: float) -> None:
+        super().__init__()
+        self.layer_norm_v = nn.LayerNorm(v_dim)
+        self.layer_norm_l = nn.LayerNorm(l_dim)
+        self.attn = BiMultiHeadAttention(v_dim, l_dim, embed_dim, num_heads, dropout, clamp)
+        self.gamma_v = nn.Parameter(torch.full((v_dim,), init_values))
+        self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
+
+    def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v_hat, l_hat = self.layer_norm_v(v), self.layer_norm_l(l)
+        delta_v, delta_l = self.attn(v_hat, l_hat, text_mask)
+        return v_hat + self.gamma_v * delta_v, l_hat + self.gamma_l * delta_l
+
+
+class VLFuse(nn.Module):
+    """Tower module ``3i``: early image-text fusion of all pyramid levels at once.
+
+    ``forward(visual, text)``: ``visual`` is a list of ``[B, C, H_l, W_l]`` maps (P3..P7), flattened
+    row-major and concatenated into one sequence for a single attention call (reference/glip.md §3,
+    level handling), then split back; returns ``(visual, text)`` with the same shapes.
+
+    ``use_checkpoint`` (config ``dyhead.use_checkpoint``) recomputes the block in the backward pass to
+    save memory; it is active only in training with gradients enabled and changes no number.
+    """
+
+    def __init__(self, config: GlipConfig) -> None:
+        super().__init__()
+        fusion = config.fusion
+        self.b_attn = BiAttentionBlock(
+            v_dim=config.dyhead.channels,
+            l_dim=config.text.hidden_size,
+            embed_dim=fusion.embed_dim,
+            num_heads=fusion.num_heads,
+            dropout=fusion.dropout,
+            clamp=fusion.clamp,
+            init_values=1.0 / config.dyhead.num_convs,  # official init; checkpoints overwrite it
+        )
+        self.use_checkpoint = config.dyhead.use_checkpoint
+
+    @property
+    def fusion_layer(self) -> BiMultiHeadAttention:
+        """The attention that holds the projections and the ``token_extension`` slot."""
+        return self.b_attn.attn
+
+    def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> tuple[list[torch.Tensor], TextFeatures]:
+        sizes = [tuple(level.shape[-2:]) for level in visual]
+        v = torch.cat([level.flatten(2).transpose(1, 2) for level in visual], dim=1)  # [B, sum(H*W), C]
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            v, l = checkpoint(self.b_attn, v, text.hidden, text.mask, use_reentrant=False)
+        else:
+            v, l = self.b_attn(v, text.hidden, text.mask)
+        batch, channels = v.shape[0], v.shape[2]
+        levels = torch.split(v.transpose(1, 2), [h * w for h, w in sizes], dim=2)
+        fused = [level.reshape(batch, channels, h, w) for level, (h, w) in zip(levels, sizes)]
+        return fused, text.with_hidden(l)
