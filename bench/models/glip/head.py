@@ -39,6 +39,15 @@ class HeadOutputs:
         """``(H_l, W_l)`` of every level, what the anchor grid needs."""
         return [(int(reg.shape[-2]), int(reg.shape[-1])) for reg in self.bbox_reg]
 
+    def select(self, index: int) -> "HeadOutputs":
+        """The predictions of image ``index`` alone (batch of one), e.g. to decode it with its own prompt."""
+        pick = slice(index, index + 1)
+        return HeadOutputs(
+            dot_product_logits=[x[pick] for x in self.dot_product_logits],
+            bbox_reg=[x[pick] for x in self.bbox_reg],
+            centerness=[x[pick] for x in self.centerness],
+        )
+
 
 class Scale(nn.Module):
     """A learnable scalar multiplier (official name ``scales.{l}.scale``)."""
