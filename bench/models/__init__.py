@@ -1,1 +1,11 @@
-"""Detectors behind one interface; each backend registers itself by name."""
+"""Detectors behind one interface (:mod:`bench.models.base`); each backend registers itself by name.
+
+``MODELS`` maps a model name (``glip-t``...) to a factory ``(weights=..., tokenizer=...) -> detector``.
+"""
+
+from bench.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+# Importing a backend registers its models.
+from bench.models.glip import model as _glip  # noqa: E402,F401

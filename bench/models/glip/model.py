@@ -1,0 +1,213 @@
+"""GLIP assembled: Swin + FPN, BERT, the VL-DyHead, anchors, ATSS loss and post-processing.
+
+``GLIP.forward(images, image_sizes, prompts, targets=None)`` returns the three losses in training
+mode and per-image detections in eval mode, as the official ``GeneralizedVLRCNN`` does. Long
+vocabularies are detected with :meth:`GLIP.detect`, one text pass per prompt chunk over image
+features computed once (the official code reruns the backbone per chunk; the image backbone does not
+see the text, so the result is the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from bench.data.prompts import Prompt, tokenize_captions
+from bench.data.transforms import PixelNormalization
+from bench.models import MODELS
+from bench.models.base import DetectorBase, Detections, VisionBlock
+from bench.models.glip.anchors import grid_anchors
+from bench.models.glip.atss_assignment import ImageTargets
+from bench.models.glip.atss_loss import atss_losses
+from bench.models.glip.backbone import GlipBackbone
+from bench.models.glip.checkpoint import load_official_checkpoint
+from bench.models.glip.config import GLIP_L, GLIP_T, GlipConfig
+from bench.models.glip.fusion import VLFuse
+from bench.models.glip.head import HeadOutputs, VLDyHead
+from bench.models.glip.language import DEFAULT_TOKENIZER, LanguageBackbone, load_tokenizer
+from bench.models.glip.postprocess import postprocess
+from bench.models.glip.text_features import TextFeatures
+from bench.models.glip.tower import build_dyhead_tower
+
+
+@dataclass
+class TextBatch:
+    """Tokenised prompts of a batch and the text encoder's features for them."""
+
+    input_ids: torch.Tensor
+    features: TextFeatures
+
+
+class GLIP(DetectorBase):
+    """GLIP with the official module names (``backbone``, ``language_backbone``, ``rpn.head``).
+
+    Extension points (see :mod:`bench.models.base`): ``vision_blocks()`` (Swin blocks with an
+    ``extra_tokens`` slot), ``text_encoder()`` (``input_embedding_hook`` slot), ``text_feature_offset``
+    (a module ``[B, T, D] -> [B, T, D]`` applied to the text features before the tower, where GLIP's
+    own prompt tuning adds its offsets), and ``fusion_layers()`` (``token_extension`` slots).
+    """
+
+    def __init__(self, config: GlipConfig, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backbone = GlipBackbone.from_config(config)
+        self.language_backbone = LanguageBackbone(config.text)
+        self.rpn = nn.Module()
+        self.rpn.head = VLDyHead(config.dyhead, config.text.hidden_size, build_dyhead_tower(config))
+        self.rpn.head.dyhead_tower.set_gradient_checkpointing(config.dyhead.use_checkpoint)
+        self.text_feature_offset: nn.Module | None = None
+
+    # ----------------------------------------------------------------- extension points
+    @property
+    def pixel_normalization(self) -> PixelNormalization:
+        return self.config.input.pixels
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        fusion_prefixes = tuple(
+            f"rpn.head.dyhead_tower.{i}." for i, module in enumerate(self.rpn.head.dyhead_tower) if isinstance(module, VLFuse)
+        )
+        groups: dict[str, list[str]] = {"vision_backbone": [], "neck": [], "text_encoder": [], "fusion": [], "head": []}
+        for name in self.base_parameter_names():
+            if name.startswith("backbone.body."):
+                groups["vision_backbone"].append(name)
+            elif name.startswith("backbone.fpn."):
+                groups["neck"].append(name)
+            elif name.startswith("language_backbone."):
+                groups["text_encoder"].append(name)
+            elif name.startswith(fusion_prefixes):
+                groups["fusion"].append(name)
+            else:
+                groups["head"].append(name)
+        return groups
+
+    def vision_blocks(self) -> list[VisionBlock]:
+        return self.backbone.vision_blocks()
+
+    def fusion_layers(self) -> list[nn.Module]:
+        return self.rpn.head.dyhead_tower.fusion_layers()
+
+    def text_encoder(self) -> LanguageBackbone:
+        return self.language_backbone
+
+    # ----------------------------------------------------------------- stages
+    def encode_text(self, prompts: Sequence[Prompt]) -> TextBatch:
+        """Tokenise one caption per image (padded to the text slots) and run BERT and the offset slot."""
+        if self.tokenizer is None:
+            raise RuntimeError("GLIP needs a tokenizer to encode prompts; build it with build_glip(..., tokenizer=...).")
+        tokens = tokenize_captions([p.caption for p in prompts], self.tokenizer, self.config.text.max_query_len)
+        device = next(self.parameters()).device
+        input_ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+        encoding = self.language_backbone(input_ids, mask)
+        hidden = encoding.hidden
+        if self.text_feature_offset is not None:
+            hidden = self.text_feature_offset(hidden)
+        return TextBatch(input_ids, TextFeatures(hidden=hidden, mask=mask))
+
+    def predict(self, features: list[torch.Tensor], text: TextFeatures) -> tuple[HeadOutputs, TextFeatures]:
+        """Run the fusion tower and the prediction layers on image features and text features."""
+        visual, fused_text = self.rpn.head.dyhead_tower(features, text)
+        return self.rpn.head.predict(visual, fused_text.hidden), fused_text
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        images: torch.Tensor,
+        image_sizes: torch.Tensor,
+        prompts: Prompt | Sequence[Prompt],
+        targets: Sequence[dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, torch.Tensor] | list[Detections]:
+        """Losses (training) or detections in resized-image pixels (eval).
+
+        ``images`` ``[B, 3, Hp, Wp]``: a padded, normalised batch (``pad_batch``); ``image_sizes``
+        ``[B, 2]`` the un-padded ``(h, w)``; ``prompts``: one for all images or one per image;
+        ``targets`` (training): per image ``boxes`` ``[N, 4]`` xyxy in resized pixels and ``labels``
+        ``[N]`` (the prompt's labels).
+        """
+        prompts = self._per_image(prompts, images.shape[0])
+        features = self.backbone(images)
+        text = self.encode_text(prompts)
+        outputs, _ = self.predict(features, text.features)
+        anchors = grid_anchors(outputs.feature_sizes, self.config.anchors, device=images.device)
+        if self.training:
+            if targets is None:
+                raise ValueError("GLIP in training mode needs targets (boxes and labels per image).")
+            image_targets = [
+                ImageTargets(
+                    boxes=t["boxes"].as_subclass(torch.Tensor).to(images.device).float(),
+                    labels=t["labels"].to(images.device),
+                    positive_map=p.token_map(t["labels"], self.config.text.max_query_len).to(images.device),
+                )
+                for t, p in zip(targets, prompts)
+            ]
+            losses, _ = atss_losses(outputs, anchors, image_targets, text.features.mask, self.config.loss)
+            return losses
+        return self._postprocess(outputs, anchors, image_sizes, prompts)
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt]) -> list[Detections]:
+        """Detections over several prompt chunks (long vocabularies), merged per image.
+
+        Each chunk is a full text pass with its own detection cap, as in GLIP's chunked evaluation;
+        labels of all chunks are the vocabulary's labels, so merging is concatenation.
+        """
+        features = self.backbone(images)
+        merged: list[list[Detections]] = [[] for _ in range(images.shape[0])]
+        for prompt in prompts:
+            chunk = [prompt] * images.shape[0]
+            outputs, _ = self.predict(features, self.encode_text(chunk).features)
+            anchors = grid_anchors(outputs.feature_sizes, self.config.anchors, device=images.device)
+            for per_image, found in zip(merged, self._postprocess(outputs, anchors, image_sizes, chunk)):
+                per_image.append(found)
+        return [
+            Detections(
+                boxes=torch.cat([d.boxes for d in parts]),
+                scores=torch.cat([d.scores for d in parts]),
+                labels=torch.cat([d.labels for d in parts]),
+            )
+            for parts in merged
+        ]
+
+    def _postprocess(
+        self, outputs: HeadOutputs, anchors: list[torch.Tensor], image_sizes: torch.Tensor, prompts: Sequence[Prompt]
+    ) -> list[Detections]:
+        if all(p is prompts[0] for p in prompts):
+            return postprocess(outputs, anchors, image_sizes, prompts[0].label_to_tokens, self.config.inference)
+        return [
+            postprocess(outputs.select(i), anchors, image_sizes[i : i + 1], p.label_to_tokens, self.config.inference)[0]
+            for i, p in enumerate(prompts)
+        ]
+
+    @staticmethod
+    def _per_image(prompts: Prompt | Sequence[Prompt], batch_size: int) -> list[Prompt]:
+        if isinstance(prompts, Prompt):
+            return [prompts] * batch_size
+        if len(prompts) != batch_size:
+            raise ValueError(f"{len(prompts)} prompts for {batch_size} images; pass one prompt or one per image.")
+        return list(prompts)
+
+
+def build_glip(
+    config: GlipConfig,
+    *,
+    weights: str | Path | None = None,
+    tokenizer: str | Path = DEFAULT_TOKENIZER,
+    allow_unsafe_checkpoint: bool = False,
+) -> GLIP:
+    """A GLIP of ``config`` with its tokenizer, loaded strictly from an official checkpoint if given.
+
+    Without ``weights`` the model keeps its random initialisation (tests, benchmarks).
+    """
+    model = GLIP(config, load_tokenizer(tokenizer))
+    if weights is not None:
+        load_official_checkpoint(model, weights, allow_unsafe_pickle=allow_unsafe_checkpoint)
+    return model
+
+
+MODELS.add("glip-t", partial(build_glip, GLIP_T), "GLIP-T: Swin-T, BERT-base, 6 VL-DyHead blocks (231.8M parameters)")
+MODELS.add("glip-l", partial(build_glip, GLIP_L), "GLIP-L: Swin-L, BERT-base, 8 VL-DyHead blocks (430.4M parameters)")
