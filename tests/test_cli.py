@@ -11,9 +11,10 @@ from bench.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_list_shows_suites_and_datasets(capsys):
+def test_list_shows_models_suites_and_datasets(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
+    assert "glip-t" in out and "glip-l" in out
     assert "odinw13" in out and "odinw-thermal" in out and "lvis-minival" in out
 
 
