@@ -5,6 +5,8 @@ internals or its name, so every method runs on every backend:
 
 * ``parameter_groups()``: stable group names (``vision_backbone``, ``neck``, ``text_encoder``,
   ``fusion``, ``head``) -> parameter names, for freezing, LoRA target selection and accounting;
+* ``vision_stage_parameters()``: the image backbone's parameters by depth (stem first), for recipes
+  that freeze the first stages; ``linear_probe_parameters()``: the final prediction layers;
 * ``vision_blocks()``: the transformer blocks of the image backbone, each with an ``extra_tokens``
   slot where visual prompts join the block's attention;
 * ``text_encoder()``: exposes ``word_embeddings()`` and an ``input_embedding_hook`` slot for context
@@ -59,11 +61,18 @@ class DetectorBase(nn.Module):
     """What every detector backend provides (see the module docstring)."""
 
     tokenizer: Any
+    text_slots: int  # token positions of the text input (GLIP: 256); prompts and offsets are sized by it
 
     def parameter_groups(self) -> dict[str, list[str]]:
         raise NotImplementedError
 
     def vision_blocks(self) -> list[VisionBlock]:
+        raise NotImplementedError
+
+    def vision_stage_parameters(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def linear_probe_parameters(self) -> list[str]:
         raise NotImplementedError
 
     def fusion_layers(self) -> list[nn.Module]:

@@ -62,6 +62,7 @@ class GLIP(DetectorBase):
         self.rpn.head = VLDyHead(config.dyhead, config.text.hidden_size, build_dyhead_tower(config))
         self.rpn.head.dyhead_tower.set_gradient_checkpointing(config.dyhead.use_checkpoint)
         self.text_feature_offset: nn.Module | None = None
+        self.text_slots = config.text.max_query_len
 
     # ----------------------------------------------------------------- extension points
     @property
@@ -88,6 +89,21 @@ class GLIP(DetectorBase):
 
     def vision_blocks(self) -> list[VisionBlock]:
         return self.backbone.vision_blocks()
+
+    def vision_stage_parameters(self) -> list[list[str]]:
+        """``[patch embedding, stage 1 (blocks + its patch merging), stage 2, ...]``, as GLIP's
+        ``FREEZE_CONV_BODY_AT`` counts them (reference/glip.md §1.3)."""
+        names = [n for n in self.base_parameter_names() if n.startswith("backbone.body.")]
+        stages = [[n for n in names if n.startswith("backbone.body.patch_embed.")]]
+        for i in range(len(self.config.swin.depths)):
+            stages.append([n for n in names if n.startswith(f"backbone.body.layers.{i}.")])
+        return stages
+
+    def linear_probe_parameters(self) -> list[str]:
+        """GLIP's linear-probe set: box regression, centerness, the text projection of the token head,
+        its logit scale and biases (``linear_prob`` tuning mode, reference/glip.md §5.4)."""
+        head = ("bbox_pred.", "centerness.", "dot_product_projection_text.", "log_scale", "bias_lang", "bias0")
+        return [n for n in self.base_parameter_names() if n.startswith("rpn.head.") and n[len("rpn.head."):].startswith(head)]
 
     def fusion_layers(self) -> list[nn.Module]:
         return self.rpn.head.dyhead_tower.fusion_layers()
