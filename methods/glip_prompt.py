@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
-from bench.tuning.base import Method, MethodConfig, freeze_all, register_method, trainable_under
+from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,10 @@ def _text_shape(model: DetectorBase) -> tuple[int, int]:
 class GlipPrompt(Method):
     identity_at_init = True
 
-    def apply(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         slots, width = _text_shape(model)
         if self.config.rows < slots:
             raise BenchError(f"glip-prompt needs rows >= the model's {slots} text slots, got rows={self.config.rows}.")
-        freeze_all(model)
         model.text_feature_offset = TextSlotOffset(self.config.rows, width)
         return trainable_under(model, model.text_feature_offset)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.models.base import DetectorBase
-from bench.tuning.base import Method, MethodConfig, freeze_all, register_method, trainable_by_names
+from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class ZeroShotConfig(MethodConfig):
 class ZeroShot(Method):
     identity_at_init = True
 
-    def apply(self, model: DetectorBase) -> dict[str, nn.Parameter]:
-        freeze_all(model)
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         return {}
 
     def expected_trainable(self, model: DetectorBase) -> int:
@@ -60,8 +59,7 @@ class Full(Method):
         frozen = frozen_vision_parameters(model, self.config.freeze_vision_stages)
         return [n for n in model.base_parameter_names() if n not in frozen]
 
-    def apply(self, model: DetectorBase) -> dict[str, nn.Parameter]:
-        freeze_all(model)
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         return trainable_by_names(model, self._names(model))
 
     def expected_trainable(self, model: DetectorBase) -> int:
@@ -78,8 +76,7 @@ class LinearProbeConfig(MethodConfig):
 class LinearProbe(Method):
     identity_at_init = True
 
-    def apply(self, model: DetectorBase) -> dict[str, nn.Parameter]:
-        freeze_all(model)
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         return trainable_by_names(model, model.linear_probe_parameters())
 
     def expected_trainable(self, model: DetectorBase) -> int:
@@ -101,8 +98,7 @@ def bias_parameters(model: DetectorBase) -> list[str]:
 class BitFit(Method):
     identity_at_init = True
 
-    def apply(self, model: DetectorBase) -> dict[str, nn.Parameter]:
-        freeze_all(model)
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         return trainable_by_names(model, bias_parameters(model))
 
     def expected_trainable(self, model: DetectorBase) -> int:

@@ -67,7 +67,7 @@ def _default(f: dataclasses.Field) -> Any:
 class Method:
     """A tuning method bound to its configuration.
 
-    Subclasses set ``config_class`` and implement :meth:`apply` and :meth:`expected_trainable`.
+    Subclasses set ``config_class`` and implement :meth:`install` and :meth:`expected_trainable`.
     ``identity_at_init`` declares that the tuned model computes exactly what the base model computes
     until the first optimiser step (zero-initialised offsets, LoRA with B = 0); contract tests check
     the declaration both ways.
@@ -84,7 +84,15 @@ class Method:
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(self.config).__name__}")
 
     def apply(self, model: DetectorBase) -> dict[str, nn.Parameter]:
-        """Freeze, install, and return the trainable parameters by name."""
+        """Freeze the whole model, then :meth:`install`; returns the trainable parameters by name."""
+        freeze_all(model)
+        return self.install(model)
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        """Add the method's modules to the model's extension points and mark what it trains.
+
+        Does not freeze anything else, so that methods compose (``sdpt+lora`` installs both).
+        """
         raise NotImplementedError
 
     def expected_trainable(self, model: DetectorBase) -> int:
