@@ -15,7 +15,7 @@ that detections from all chunks can be merged (reference/glip.md §4.2).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -57,6 +57,23 @@ class Prompt:
     label_to_tokens: dict[int, list[int]]
     num_tokens: int
     unlocated: tuple[int, ...] = field(default=())
+
+    def shifted(self, k: int) -> "Prompt":
+        """The same prompt with every token position moved ``k`` slots to the right.
+
+        For text-side extensions that insert ``k`` tokens before the caption's tokens (CoOp context
+        vectors after ``[CLS]``): the positive maps must follow the tokens they name. Character spans
+        and the caption are unchanged; ``num_tokens`` counts the inserted tokens.
+        """
+        if k == 0:
+            return self
+        if k < 0:
+            raise ValueError(f"token positions can only move right (k >= 0), got k={k}")
+        return replace(
+            self,
+            label_to_tokens={label: [t + k for t in tokens] for label, tokens in self.label_to_tokens.items()},
+            num_tokens=self.num_tokens + k,
+        )
 
     def token_map(self, labels: Sequence[int] | torch.Tensor, max_len: int = GLIP_MAX_QUERY_LEN) -> torch.Tensor:
         """Binary ``[len(labels), max_len]`` map of token positions for each given label.

@@ -10,7 +10,11 @@ internals or its name, so every method runs on every backend:
 * ``vision_blocks()``: the transformer blocks of the image backbone, each with an ``extra_tokens``
   slot where visual prompts join the block's attention;
 * ``text_encoder()``: exposes ``word_embeddings()`` and an ``input_embedding_hook`` slot for context
-  vectors in the text input space;
+  vectors in the text input space (``[B, T, D]`` embeddings and ``[B, T]`` mask in and out, ``T``
+  kept); a hook that inserts tokens before the caption's declares ``token_shift: int`` and the
+  detector moves its positive maps by that much (``Prompt.shifted``), refusing captions that no
+  longer fit in ``text_slots``; and a ``layer_input_hook`` slot called as ``hook(i, hidden)`` on
+  the input ``[B, T, D]`` of every text layer ``i < num_layers()`` (deep text prompts);
 * ``text_feature_offset``: a slot for a module that edits the text features before fusion;
 * ``fusion_layers()``: every image-text fusion layer, each exposing its projections and a
   ``token_extension`` slot whose tokens are appended before attention and stripped after it.
@@ -30,7 +34,7 @@ from torch import nn
 PARAMETER_GROUPS = ("vision_backbone", "neck", "text_encoder", "fusion", "head")
 
 # Attribute names of extension slots; tensors below them belong to methods, not to the base model.
-SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "text_feature_offset", "token_extension")
+SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "layer_input_hook", "text_feature_offset", "token_extension")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
 from bench.data.transforms import PixelNormalization
+from bench.errors import BenchError
 from bench.models import MODELS
 from bench.models.base import DetectorBase, Detections, VisionBlock
 from bench.models.glip.anchors import grid_anchors
@@ -113,9 +114,15 @@ class GLIP(DetectorBase):
 
     # ----------------------------------------------------------------- stages
     def encode_text(self, prompts: Sequence[Prompt]) -> TextBatch:
-        """Tokenise one caption per image (padded to the text slots) and run BERT and the offset slot."""
+        """Tokenise one caption per image (padded to the text slots) and run BERT and the offset slot.
+
+        The features' mask is the one the text encoder's ``input_embedding_hook`` returns (inserted
+        context tokens count as text); token positions of the prompts move by
+        :meth:`LanguageBackbone.token_shift`, see :meth:`shift_prompts`.
+        """
         if self.tokenizer is None:
             raise RuntimeError("GLIP needs a tokenizer to encode prompts; build it with build_glip(..., tokenizer=...).")
+        self._check_fit(prompts)
         tokens = tokenize_captions([p.caption for p in prompts], self.tokenizer, self.config.text.max_query_len)
         device = next(self.parameters()).device
         input_ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
@@ -123,7 +130,27 @@ class GLIP(DetectorBase):
         hidden = encoding.hidden
         if self.text_feature_offset is not None:
             hidden = self.text_feature_offset(hidden)
-        return TextBatch(input_ids, TextFeatures(hidden=hidden, mask=mask))
+        return TextBatch(input_ids, TextFeatures(hidden=hidden, mask=encoding.mask))
+
+    def shift_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
+        """The prompts with their token positions where the text encoder puts them (positive maps for
+        the loss and for post-processing); the same objects when nothing is inserted."""
+        shift = self.language_backbone.token_shift()
+        if shift == 0:
+            return list(prompts)
+        self._check_fit(prompts)
+        shifted: dict[int, Prompt] = {}  # keep "one prompt for all images" recognisable by identity
+        return [shifted.setdefault(id(p), p.shifted(shift)) for p in prompts]
+
+    def _check_fit(self, prompts: Sequence[Prompt]) -> None:
+        shift = self.language_backbone.token_shift()
+        for prompt in prompts:
+            if prompt.num_tokens + shift > self.text_slots:
+                raise BenchError(
+                    f"The caption {prompt.caption[:60]!r} needs {prompt.num_tokens} tokens and the text encoder's "
+                    f"input_embedding_hook inserts {shift} more, over the model's {self.text_slots} text slots; "
+                    "split the vocabulary into smaller chunks (chunk_size) or insert fewer context tokens."
+                )
 
     def predict(self, features: list[torch.Tensor], text: TextFeatures) -> tuple[HeadOutputs, TextFeatures]:
         """Run the fusion tower and the prediction layers on image features and text features."""
@@ -148,6 +175,7 @@ class GLIP(DetectorBase):
         prompts = self._per_image(prompts, images.shape[0])
         features = self.backbone(images)
         text = self.encode_text(prompts)
+        prompts = self.shift_prompts(prompts)
         outputs, _ = self.predict(features, text.features)
         anchors = grid_anchors(outputs.feature_sizes, self.config.anchors, device=images.device)
         if self.training:
@@ -177,6 +205,7 @@ class GLIP(DetectorBase):
         for prompt in prompts:
             chunk = [prompt] * images.shape[0]
             outputs, _ = self.predict(features, self.encode_text(chunk).features)
+            chunk = self.shift_prompts(chunk)
             anchors = grid_anchors(outputs.feature_sizes, self.config.anchors, device=images.device)
             for per_image, found in zip(merged, self._postprocess(outputs, anchors, image_sizes, chunk)):
                 per_image.append(found)

@@ -1,0 +1,108 @@
+"""Methods made of other methods: ``sdpt+lora`` installs SDPT, then LoRA, and trains both.
+
+:func:`compose` builds such a method from registered parts. Its config is flat, so it round-trips
+through JSON and rejects unknown options like every other config: one shared ``lr`` and
+``weight_decay`` (defaults: the first part's), then each part's own fields prefixed with the part's
+name (``sdpt_num_tokens``, ``lora_rank``, ...) and the part's defaults. Each part's ``install`` leaves
+the others' parameters as they are (the method contract), so installing in order composes; the
+trainable count is the sum of the parts' formulas.
+
+``sdpt+lora``: the SDPT paper states that its prototype tokens are compatible with other PEFT modules.
+SDPT is installed first, so its pseudo-inverses come from the frozen pre-trained projections, which
+LoRA then wraps (SDPT holds the original ``nn.Linear`` objects, not peft's wrappers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import ClassVar
+
+from torch import nn
+
+from bench.errors import BenchError
+from bench.models.base import DetectorBase
+from bench.tuning.base import METHODS, Method, MethodConfig, register_method
+
+SHARED_FIELDS = ("lr", "weight_decay")
+
+
+def _prefix(part: str) -> str:
+    return part.replace("-", "_").replace("+", "_")
+
+
+class CompositeMethod(Method):
+    """Installs ``parts`` in order; subclasses are made by :func:`compose`."""
+
+    parts: ClassVar[tuple[tuple[str, type[Method]], ...]] = ()
+
+    def part_methods(self) -> list[Method]:
+        """Each part bound to its slice of this config (its prefixed fields plus the shared optimiser settings)."""
+        bound = []
+        for part, cls in self.parts:
+            values = {f: getattr(self.config, f) for f in SHARED_FIELDS}
+            for field in dataclasses.fields(cls.config_class):
+                if field.name not in SHARED_FIELDS:
+                    values[field.name] = getattr(self.config, f"{_prefix(part)}_{field.name}")
+            bound.append(cls(cls.config_class(**values)))
+        return bound
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        chosen: set[int] = set()
+        for (part, _), method in zip(self.parts, self.part_methods()):
+            installed = method.install(model)
+            overlap = sorted(n for n, p in installed.items() if id(p) in chosen)
+            if overlap:
+                raise BenchError(f"{self.name}: the part {part!r} trains parameters another part already trains: {overlap[:3]}.")
+            chosen |= {id(p) for p in installed.values()}
+        # By identity, under the names they have now: a later part may rename an earlier part's
+        # parameters (peft moves a wrapped layer's weight and bias under ``base_layer``).
+        return {n: p for n, p in model.named_parameters() if id(p) in chosen}
+
+    def expected_trainable(self, model: DetectorBase) -> int:
+        return sum(method.expected_trainable(model) for method in self.part_methods())
+
+    def effective_trainable(self, model: DetectorBase) -> int:
+        return sum(method.effective_trainable(model) for method in self.part_methods())
+
+
+def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
+    """A method class (not yet registered) that installs the registered methods ``parts`` in order."""
+    if len(parts) < 2 or len(set(parts)) != len(parts):
+        raise BenchError(f"A composite method needs at least two distinct parts, got {parts!r}.")
+    classes = tuple((part, METHODS.get(part)) for part in parts)
+    first = classes[0][1].config_class
+    fields: list[tuple[str, object, dataclasses.Field]] = [
+        (f.name, f.type, dataclasses.field(default=getattr(first(), f.name))) for f in dataclasses.fields(first) if f.name in SHARED_FIELDS
+    ]
+    for part, cls in classes:
+        defaults = cls.config_class()
+        for f in dataclasses.fields(cls.config_class):
+            if f.name not in SHARED_FIELDS:
+                fields.append((f"{_prefix(part)}_{f.name}", f.type, dataclasses.field(default=getattr(defaults, f.name))))
+    stem = "".join(_prefix(p).title().replace("_", "") for p in parts)
+    module = sys.modules[__name__]
+    config_class = dataclasses.make_dataclass(f"{stem}Config", fields, bases=(MethodConfig,), frozen=True)
+    config_class.__module__ = __name__
+    config_class.__doc__ = f"Config of {name!r}: shared lr and weight_decay, then each part's fields prefixed with its name."
+    method_class = type(stem, (CompositeMethod,), {
+        "parts": classes,
+        "identity_at_init": all(cls.identity_at_init for _, cls in classes),
+        "__module__": __name__,
+        "__doc__": f"{' then '.join(parts)}, installed in that order.",
+    })
+    method_class.name, method_class.config_class = name, config_class
+    setattr(module, config_class.__name__, config_class)  # picklable by name, like any module-level class
+    setattr(module, method_class.__name__, method_class)
+    return method_class
+
+
+def register_composite(name: str, parts: tuple[str, ...], description: str) -> type[CompositeMethod]:
+    method_class = compose(name, parts)
+    return register_method(name, method_class.config_class, description)(method_class)
+
+
+import methods.peft_tuners  # noqa: E402,F401  (the parts must be registered first)
+import methods.sdpt  # noqa: E402,F401
+
+register_composite("sdpt+lora", ("sdpt", "lora"), "SDPT prototype tokens plus LoRA (peft) on the fusion projections, trained together")

@@ -1,0 +1,87 @@
+"""CoOp: learnable context vectors in the text input-embedding space (Zhou et al., IJCV 2022).
+
+``context_tokens`` (M) vectors of the word-embedding width D are inserted right after ``[CLS]`` of
+every caption, shared by all classes ("unified context"): ``[CLS] v_1 .. v_M red square . blue
+circle [SEP] [PAD]..``. The text encoder keeps its ``T`` slots, so the last M (padding) slots drop
+off and the attention mask gains M ones; the module declares ``token_shift = M``, from which the
+detector moves its positive maps M slots to the right and refuses captions that no longer fit
+(:mod:`bench.models.base`). Everything else, the word-embedding matrix included, stays frozen.
+
+Defaults: M = 16 and the normal(0, 0.02) initialisation are CoOp's (its best few-shot setting);
+lr 2e-3 and weight decay 5e-4 are CoOp's SGD settings, used here with the harness's optimiser (ours).
+Not implemented: CoOp's class-specific context (M vectors per class before each class name), which
+would need per-class insertion points and a non-uniform shift of the positive maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.models.base import DetectorBase
+from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
+
+
+@dataclass(frozen=True)
+class CoOpConfig(MethodConfig):
+    """``context_tokens``: M, the number of learnable context vectors (CoOp: 16)."""
+
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    context_tokens: int = 16
+
+
+class TextContext(nn.Module):
+    """``input_embedding_hook``: inserts ``context`` ``[M, D]`` after the first slot (``[CLS]``).
+
+    ``(embeddings [B, T, D], mask [B, T]) -> (embeddings [B, T, D], mask [B, T])``; the caption's
+    tokens move ``token_shift = M`` slots to the right and the last M slots (padding, which the
+    detector checks) are dropped.
+    """
+
+    def __init__(self, tokens: int, width: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.context = nn.Parameter(torch.randn(tokens, width) * std)
+        self.token_shift = tokens
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, slots, _ = embeddings.shape
+        m = self.token_shift
+        if m >= slots:
+            raise BenchError(f"{m} context tokens do not fit in {slots} text slots next to [CLS] and [SEP].")
+        context = self.context.to(embeddings.dtype).unsqueeze(0).expand(batch, -1, -1)
+        embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 : slots - m]], dim=1)
+        mask = torch.cat([mask[:, :1], mask.new_ones(batch, m), mask[:, 1 : slots - m]], dim=1)
+        return embeddings, mask
+
+
+def text_width(model: DetectorBase) -> int:
+    """D: the width of the detector's text input embeddings."""
+    return model.text_encoder().word_embeddings().embedding_dim
+
+
+def install_text_context(model: DetectorBase, tokens: int) -> dict[str, nn.Parameter]:
+    """Put a :class:`TextContext` of ``tokens`` vectors into the text encoder's input-embedding slot."""
+    if tokens < 1:
+        raise BenchError(f"context_tokens must be at least 1, got {tokens}.")
+    if tokens + 2 > model.text_slots:
+        raise BenchError(f"context_tokens={tokens} leaves no room for a caption in {model.text_slots} text slots.")
+    encoder = model.text_encoder()
+    if encoder.input_embedding_hook is not None:
+        raise BenchError("The text encoder's input_embedding_hook is already taken; only one text-context method can be installed.")
+    encoder.input_embedding_hook = TextContext(tokens, text_width(model))
+    return trainable_under(model, encoder.input_embedding_hook)
+
+
+@register_method("coop", CoOpConfig, "CoOp: M learnable context vectors after [CLS] in the text input space, positive maps shifted")
+class CoOp(Method):
+    identity_at_init = False
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        return install_text_context(model, self.config.context_tokens)
+
+    def expected_trainable(self, model: DetectorBase) -> int:
+        return self.config.context_tokens * text_width(model)

@@ -1,0 +1,120 @@
+"""MaPLe-style coupled prompts (Khattak et al., "MaPLe: Multi-modal Prompt Learning", CVPR 2023).
+
+Text side: ``context_tokens`` (M) learnable vectors after ``[CLS]`` at the text input, as in
+:mod:`methods.coop` (positive maps shift by M), and for each of the next ``J - 1`` text layers a fresh
+set of M vectors that replaces the context tokens' hidden states before that layer (MaPLe's deep
+"compound" prompts, through the text encoder's ``layer_input_hook``). Vision side: the first J Swin
+blocks (in ``vision_blocks()`` order) get M prompt tokens each through their ``extra_tokens`` slot,
+*computed* from the text prompts of the same depth by a learned linear coupling ``D_text -> C_block``
+(with bias); the vision prompts have no parameters of their own, which is what couples the two
+modalities.
+
+All parameters live in one module in the ``input_embedding_hook`` slot; the layer hook and the block
+slots hold plain views of it (not modules), so each tensor is stored once.
+
+Defaults: M = 2, J = 9 (MaPLe's official configuration for ViT-B/16), capped at the number of text
+layers and of vision blocks of the model (J_eff = min(prompt_depth, text layers, vision blocks));
+prompts are initialised N(0, 0.02^2) (MaPLe's random initialisation; its option of initialising the
+first prompts from the embeddings of "a photo of a" is not offered), couplings with PyTorch's
+``nn.Linear`` default (as MaPLe); lr 3.5e-3 and weight decay 5e-4 are MaPLe's SGD settings (ours to
+use them with the harness's optimiser). Trainable: ``J*M*D + sum_{j<J} (D + 1) * C_j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.models.base import DetectorBase
+from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
+from methods.coop import TextContext, text_width
+
+
+@dataclass(frozen=True)
+class MapleConfig(MethodConfig):
+    """``context_tokens``: M per layer; ``prompt_depth``: J, the number of prompted text layers and
+    vision blocks (capped at what the model has)."""
+
+    lr: float = 3.5e-3
+    weight_decay: float = 5e-4
+    context_tokens: int = 2
+    prompt_depth: int = 9
+
+    def __post_init__(self) -> None:
+        if self.context_tokens < 1 or self.prompt_depth < 1:
+            raise BenchError(f"maple needs context_tokens >= 1 and prompt_depth >= 1, got {self.context_tokens}, {self.prompt_depth}.")
+
+
+class CoupledPrompts(TextContext):
+    """Input context (``context`` ``[M, D]``), deep text prompts (``deep`` ``[J-1, M, D]``) and the
+    couplings to the vision blocks (``couplings[j]``: ``D -> C_j``)."""
+
+    def __init__(self, tokens: int, width: int, block_channels: list[int], std: float = 0.02) -> None:
+        super().__init__(tokens, width, std)
+        self.deep = nn.Parameter(torch.randn(len(block_channels) - 1, tokens, width) * std)
+        self.couplings = nn.ModuleList(nn.Linear(width, c) for c in block_channels)
+
+    def text_prompts(self, depth: int) -> torch.Tensor:
+        """``[M, D]``: the text prompts at layer ``depth`` (0 = the input context)."""
+        return self.context if depth == 0 else self.deep[depth - 1]
+
+    def layer_input(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        if not 1 <= index <= self.deep.shape[0]:
+            return hidden
+        m = self.token_shift
+        prompts = self.deep[index - 1].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        return torch.cat([hidden[:, :1], prompts, hidden[:, 1 + m :]], dim=1)
+
+    def vision_prompts(self, depth: int, x: torch.Tensor) -> torch.Tensor:
+        prompts = self.couplings[depth](self.text_prompts(depth))
+        return prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+
+
+class _LayerView:
+    """The text encoder's ``layer_input_hook``: a view of the owning :class:`CoupledPrompts`."""
+
+    def __init__(self, owner: CoupledPrompts) -> None:
+        self.owner = owner
+
+    def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.owner.layer_input(index, hidden)
+
+
+class _BlockView:
+    """A vision block's ``extra_tokens``: the coupled prompts of one depth."""
+
+    def __init__(self, owner: CoupledPrompts, depth: int) -> None:
+        self.owner, self.depth = owner, depth
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.owner.vision_prompts(self.depth, x)
+
+
+@register_method("maple", MapleConfig, "MaPLe-style coupled prompts: deep text prompts, vision prompts mapped from them by linear couplings")
+class Maple(Method):
+    identity_at_init = False
+
+    def _depth(self, model: DetectorBase) -> int:
+        return min(self.config.prompt_depth, model.text_encoder().num_layers(), len(model.vision_blocks()))
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        encoder, depth = model.text_encoder(), self._depth(model)
+        if encoder.input_embedding_hook is not None or encoder.layer_input_hook is not None:
+            raise BenchError("maple needs the text encoder's input_embedding_hook and layer_input_hook slots, but one is already taken.")
+        if self.config.context_tokens + 2 > model.text_slots:
+            raise BenchError(f"context_tokens={self.config.context_tokens} leaves no room for a caption in {model.text_slots} text slots.")
+        blocks = model.vision_blocks()[:depth]
+        owner = CoupledPrompts(self.config.context_tokens, text_width(model), [b.channels for b in blocks])
+        encoder.input_embedding_hook = owner
+        encoder.layer_input_hook = _LayerView(owner)
+        for j, block in enumerate(blocks):
+            block.module.extra_tokens = _BlockView(owner, j)
+        return trainable_under(model, owner)
+
+    def expected_trainable(self, model: DetectorBase) -> int:
+        depth, width = self._depth(model), text_width(model)
+        channels = [b.channels for b in model.vision_blocks()[:depth]]
+        return depth * self.config.context_tokens * width + sum((width + 1) * c for c in channels)

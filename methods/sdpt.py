@@ -1,0 +1,245 @@
+"""SDPT: synchronous dual prompt tuning in the fusion space (ECCV 2024; reference/sdpt.md §2).
+
+Per chosen fusion layer a learnable matrix of "unified prototype tokens" ``T`` ``[K, E]`` lives in the
+layer's image-text attention space (``E`` = the output width of ``v_proj``; 2048 in GLIP). It is
+mapped back into both modalities through the pseudo-inverses of the layer's frozen query/key
+projections::
+
+    P_v = (T - b_v) pinv(W_v^T)    [K, v_dim]      P_l = (T - b_l) pinv(W_l^T)    [K, l_dim]
+
+and appended after the layer-normalised image and text tokens (the fusion layer's
+``token_extension`` slot attends over the extended sequences and strips the K rows again). Since
+``W`` is tall, ``v_proj(P_v) = Π_v (T - b_v) + b_v`` with ``Π_v`` the projector onto col(W_v), not
+``T`` itself (sdpt.md §2.4).
+
+Differences from the official code, all deliberate (sdpt.md §7):
+
+* the pseudo-inverses are computed once in float32 and cached as non-persistent buffers (the
+  projections are frozen), instead of two SVDs per layer per step; they are recomputed when the
+  projection weights change place, dtype or value (e.g. ``load_state_dict`` or ``.to()``);
+* any batch size (the official code concatenates ``(1, K, .)`` with ``(B, N, .)``, so only B = 1 runs);
+* ``text_prompt_visible``: the official code pads the text mask with zeros, so image queries never
+  see ``P_l`` and only ``P_v`` acts (as K extra keys/values of the text<-image attention). ``False``
+  (default) reproduces that; ``True`` gives the K text rows mask 1, the paper's stated intent.
+
+Two methods are registered:
+
+* ``sdpt``: only the prototype tokens train (the paper's prompt-only setting).
+* ``sdpt-head``: the released README recipe, i.e. the tokens plus every parameter of the detector's
+  ``head`` group (in GLIP: the DyHead's language layers, DyConv towers and prediction heads); the
+  vision backbone, neck, text encoder and the fusion layers' own weights stay frozen (sdpt.md §3.1).
+
+Defaults and their source:
+
+* ``num_tokens`` 100: the official ``MODEL.PROMPT.NUM_TOKENS`` default; the README's COCO command
+  uses 700 (sdpt.md §2.1). ``layers`` None = every fusion layer (official ``cpt_layers`` covers all);
+  ``shared`` False (official: one independent set per layer); ``init`` "uniform", U(-1, 1) (official
+  ``ECCV.init_way``; "normal" = N(0, 1) and "zeros" are the official alternatives we keep).
+* ``sdpt-head``: lr 1e-5 (README ``BASE_LR``) and weight decay 0.01 (``glip_Swin_L.yaml``, which the
+  README recipe inherits) (sdpt.md §5.1).
+* ``sdpt``: lr 1e-3 is ours. The README's 1e-5 was chosen for a recipe whose DyHead trains too; at
+  that rate AdamW moves the U(-1, 1) tokens by about 0.02 in the 2000 README iterations, i.e. the
+  prompts barely change, so it is no sensible rate for prompt-only tuning. Weight decay 0.01 as the
+  README recipe.
+
+Parameter count: ``K * E`` per chosen layer, or ``K * E`` once when ``shared`` (plus the head group
+for ``sdpt-head``). Effective count = allocated: with the text prompts masked, ``P_l`` has no effect,
+but every entry of ``T`` still reaches the output through ``P_v`` (keys and values of the text
+update, which feeds the next layers and the fused-text logits), so no entry of ``T`` is dead. Note
+that only ``T``'s component in col(W_v) matters then: ``T`` has ``K * v_dim`` (not ``K * E``)
+degrees of freedom per layer, which this entry count does not express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.models.base import DetectorBase
+from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names, trainable_under
+
+INITS = ("uniform", "normal", "zeros")
+
+
+@dataclass(frozen=True)
+class SdptConfig(MethodConfig):
+    """``num_tokens``: K prototype tokens per layer; ``layers``: fusion-layer indices that get tokens
+    (None = all); ``shared``: one token set for all chosen layers; ``init``: "uniform" (U(-1, 1)),
+    "normal" (N(0, 1)) or "zeros"; ``text_prompt_visible``: text-side prompts get mask 1 (paper
+    intent) instead of 0 (official code). Sources of the defaults: module docstring."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    num_tokens: int = 100
+    layers: tuple[int, ...] | None = None
+    shared: bool = False
+    init: str = "uniform"
+    text_prompt_visible: bool = False
+
+
+@dataclass(frozen=True)
+class SdptHeadConfig(SdptConfig):
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+
+
+def init_tokens(num_tokens: int, embed_dim: int, init: str) -> torch.Tensor:
+    """A fresh ``[num_tokens, embed_dim]`` token matrix drawn as ``init`` says (global RNG)."""
+    tokens = torch.empty(num_tokens, embed_dim)
+    if init == "uniform":
+        return tokens.uniform_(-1.0, 1.0)
+    if init == "normal":
+        return tokens.normal_(0.0, 1.0)
+    if init == "zeros":
+        return tokens.zero_()
+    raise BenchError(f"SDPT init must be one of {INITS}, got {init!r}.")
+
+
+def _pinv_of_transpose(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pinv(W^T) [E, d_in], b [E])`` of a frozen ``Linear(d_in -> E)``, in float32."""
+    weight = linear.weight.detach().float()
+    bias = linear.bias.detach().float() if linear.bias is not None else weight.new_zeros(weight.shape[0])
+    return torch.linalg.pinv(weight.t()), bias.clone()
+
+
+def _state_key(linear: nn.Linear) -> tuple:
+    """What identifies the current values of a projection: storage, version counter, device, dtype."""
+    key: tuple = ()
+    for tensor in (linear.weight, linear.bias):
+        if tensor is not None:
+            key += (tensor.data_ptr(), tensor._version, tensor.device, tensor.dtype)
+    return key
+
+
+class ProjectedPrototypeTokens(nn.Module):
+    """The ``token_extension`` of one fusion layer: ``T`` mapped into the image and text inputs.
+
+    ``v_proj`` / ``l_proj`` are the layer's frozen query and key projections; they are referenced, not
+    registered, so their parameters keep their names in the model. ``owner``: another instance whose
+    tokens this one uses (the ``shared`` option); ``T`` is then stored only once, under the owner.
+    """
+
+    def __init__(self, v_proj: nn.Linear, l_proj: nn.Linear, num_tokens: int, init: str,
+                 text_prompt_visible: bool, owner: "ProjectedPrototypeTokens | None" = None) -> None:
+        super().__init__()
+        if v_proj.out_features != l_proj.out_features:
+            raise BenchError(f"SDPT needs v_proj and l_proj to share the attention width; got {v_proj.out_features} and {l_proj.out_features}.")
+        object.__setattr__(self, "_projections", (v_proj, l_proj))
+        object.__setattr__(self, "_owner", owner)
+        if owner is None:
+            self.tokens = nn.Parameter(init_tokens(num_tokens, v_proj.out_features, init))
+        elif owner.prototype_tokens.shape != (num_tokens, v_proj.out_features):
+            raise BenchError(
+                f"Shared SDPT tokens {tuple(owner.prototype_tokens.shape)} do not fit a fusion layer of width "
+                f"{v_proj.out_features}; use shared=False when the fusion layers differ in width."
+            )
+        self.text_prompt_visible = text_prompt_visible
+        for name in ("pinv_v", "bias_v", "pinv_l", "bias_l"):
+            self.register_buffer(name, torch.empty(0), persistent=False)
+        self._cache_key: tuple | None = None
+        self.refresh()
+
+    @property
+    def prototype_tokens(self) -> nn.Parameter:
+        """``T`` ``[K, E]`` (this layer's own, or the shared owner's)."""
+        return self.tokens if self._owner is None else self._owner.prototype_tokens
+
+    def refresh(self) -> None:
+        """Recompute the cached pseudo-inverses from the projections' current weights."""
+        v_proj, l_proj = self._projections
+        with torch.inference_mode(False), torch.no_grad():
+            self.pinv_v, self.bias_v = _pinv_of_transpose(v_proj)
+            self.pinv_l, self.bias_l = _pinv_of_transpose(l_proj)
+        self._cache_key = _state_key(v_proj) + _state_key(l_proj)
+
+    def _ensure_fresh(self) -> None:
+        v_proj, l_proj = self._projections
+        stale = self._cache_key != _state_key(v_proj) + _state_key(l_proj)
+        if stale or self.pinv_v.dtype != torch.float32 or self.pinv_v.device != v_proj.weight.device:
+            self.refresh()
+
+    def projected(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_v [K, v_dim], P_l [K, l_dim])`` in float32, differentiable in ``T``."""
+        self._ensure_fresh()
+        tokens = self.prototype_tokens
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            tokens = tokens.float()
+            return (tokens - self.bias_v) @ self.pinv_v, (tokens - self.bias_l) @ self.pinv_l
+
+    def extend(self, v_hat: torch.Tensor, l_hat: torch.Tensor, text_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append ``P_v`` to ``v_hat`` ``[B, N, v_dim]`` and ``P_l`` to ``l_hat`` ``[B, T, l_dim]``;
+        the mask ``[B, T]`` gets K columns of 1 (text prompts visible) or 0 (official: masked)."""
+        p_v, p_l = self.projected()
+        batch, k = v_hat.shape[0], p_v.shape[0]
+        v_ext = torch.cat([v_hat, p_v.to(v_hat.dtype).expand(batch, k, -1)], dim=1)
+        l_ext = torch.cat([l_hat, p_l.to(l_hat.dtype).expand(batch, k, -1)], dim=1)
+        pad = torch.full((batch, k), 1 if self.text_prompt_visible else 0, dtype=text_mask.dtype, device=text_mask.device)
+        return v_ext, l_ext, torch.cat([text_mask, pad], dim=1)
+
+
+def chosen_layers(model: DetectorBase, layers: tuple[int, ...] | None) -> list[nn.Module]:
+    """The fusion layers that get tokens, in model order (``layers`` None = all)."""
+    available = model.fusion_layers()
+    if layers is None:
+        return list(available)
+    bad = [i for i in layers if not 0 <= i < len(available)]
+    if not layers or bad or len(set(layers)) != len(layers):
+        raise BenchError(
+            f"SDPT layers must be distinct indices in 0..{len(available) - 1} (this model has {len(available)} "
+            f"fusion layers), or None for all; got {layers!r}."
+        )
+    return [available[i] for i in sorted(layers)]
+
+
+def sdpt_token_count(model: DetectorBase, config: SdptConfig) -> int:
+    """``K * E`` per chosen layer, or once when the tokens are shared."""
+    widths = [layer.v_proj.out_features for layer in chosen_layers(model, config.layers)]
+    return config.num_tokens * (widths[0] if config.shared else sum(widths))
+
+
+def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Parameter]:
+    """Put a :class:`ProjectedPrototypeTokens` into each chosen layer's slot; returns the tokens."""
+    if config.num_tokens < 1:
+        raise BenchError(f"SDPT num_tokens must be at least 1, got {config.num_tokens}.")
+    if config.init not in INITS:
+        raise BenchError(f"SDPT init must be one of {INITS}, got {config.init!r}.")
+    owner = None
+    trainable: dict[str, nn.Parameter] = {}
+    for layer in chosen_layers(model, config.layers):
+        extension = ProjectedPrototypeTokens(layer.v_proj, layer.l_proj, config.num_tokens, config.init,
+                                             config.text_prompt_visible, owner=owner)
+        layer.token_extension = extension
+        if config.shared and owner is None:
+            owner = extension
+        trainable.update(trainable_under(model, extension))
+    return trainable
+
+
+@register_method("sdpt", SdptConfig, "SDPT: prototype tokens in the fusion space, pseudo-inverse projected into both modalities")
+class Sdpt(Method):
+    identity_at_init = False  # the appended tokens change the text branch from the start
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        return install_tokens(model, self.config)
+
+    def expected_trainable(self, model: DetectorBase) -> int:
+        return sdpt_token_count(model, self.config)
+
+
+@register_method("sdpt-head", SdptHeadConfig, "SDPT as released: prototype tokens plus the whole detection head (DyHead) trainable")
+class SdptHead(Method):
+    identity_at_init = False
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        head = model.parameter_groups()["head"]
+        trainable = install_tokens(model, self.config)
+        trainable.update(trainable_by_names(model, head))
+        return trainable
+
+    def expected_trainable(self, model: DetectorBase) -> int:
+        head = set(model.parameter_groups()["head"])
+        return sdpt_token_count(model, self.config) + sum(p.numel() for n, p in model.named_parameters() if n in head)

@@ -1,0 +1,151 @@
+"""VPT: visual prompt tokens in the Swin backbone (Jia et al., "Visual Prompt Tuning", ECCV 2022).
+
+Each prompted Swin block gets ``P`` learnable tokens of its own channel width through its
+``extra_tokens`` slot (:mod:`bench.models.glip.swin`): the block normalises them with its ``norm1``
+and they join the attention of every window as ``P`` extra keys and values (no position bias, never
+masked). Only image tokens are queries, so the prompts never reach patch merging and every stage map
+keeps its shape; any input size works, including sizes that are not multiples of the window or
+square (the official SDPT repo's VPT runs only at 800x800 and slices away image tokens instead of
+the prompts; reference/sdpt.md §4.1).
+
+Modes:
+
+* ``deep`` (default): an independent set of ``P`` tokens for every prompted block, as in the official
+  VPT Swin code (``KMnP/vpt``, ``src/models/vit_prompt/swin_transformer.py``: one prompt set per block,
+  ``[P, C_stage]``). Trainable: ``P * sum(C_block)`` over the prompted blocks.
+* ``shallow``: one set of ``P`` tokens per prompted stage, shared by all blocks of that stage.
+  Official VPT-shallow inserts prompts once at the input and lets them travel through every block
+  (the blocks update them) and through patch merging. Our slot gives prompts as keys and values
+  only, so nothing updates them between blocks and they cannot cross patch merging (the width
+  changes). The closest we can build keeps the property that matters: the *same* tokens take part
+  in every block's attention, entering once per stage (each block reads them through its own
+  ``norm1`` and key/value projections). Trainable: ``P * sum(C_stage)`` over the prompted stages
+  (the official VPT-shallow Swin has ``P * C_1`` because it carries the first stage's prompts into
+  later stages by repeating them four times before the frozen merging layer).
+
+Defaults and their sources:
+
+* ``num_tokens = 10``: ours. The VPT paper tunes the prompt length per task over
+  {1, 5, 10, 50, 100, 200}; 10 is a small value of that grid (the SDPT repo's VPT uses 100).
+* ``init = "xavier"``: official VPT: ``U(-b, b)`` with ``b = sqrt(6 / (3 * patch^2 + C_1))``, the
+  first stage's width ``C_1``, the same bound for every stage (Swin's patch is 4, so ``3 * 16 = 48``).
+  ``"normal"``: N(0, 0.02^2), ours (the std of Swin's own weight init).
+* ``lr = 1e-3``, ``weight_decay = 0``: ours, for AdamW. VPT used SGD with large learning rates chosen
+  per task by grid search; those do not carry over to AdamW.
+* ``stages = None``: all stages (0-based indices as in ``VisionBlock.stage``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.models.base import DetectorBase, VisionBlock
+from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
+
+MODES = ("deep", "shallow")
+INITS = ("xavier", "normal")
+
+# Fan-in of Swin's patch embedding (3 colour channels x a 4x4 patch), the "3 * patch^2" of VPT's
+# init bound. GLIP-T and GLIP-L both use patch 4.
+SWIN_PATCH_FAN_IN = 3 * 4 * 4
+NORMAL_INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class VptConfig(MethodConfig):
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    num_tokens: int = 10
+    mode: str = "deep"
+    init: str = "xavier"
+    stages: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1:
+            raise BenchError(f"vpt needs num_tokens >= 1, got {self.num_tokens}.")
+        if self.mode not in MODES:
+            raise BenchError(f"vpt mode must be one of {MODES}, got {self.mode!r}.")
+        if self.init not in INITS:
+            raise BenchError(f"vpt init must be one of {INITS}, got {self.init!r}.")
+        if self.stages is not None and len(self.stages) == 0:
+            raise BenchError("vpt stages is empty; give at least one stage index, or null for all stages.")
+
+
+class PromptTokens(nn.Module):
+    """``P`` learnable tokens of one width: ``x [B, L, C]`` -> ``[B, P, C]`` (the same for every image)."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+
+
+class SharedPromptTokens:
+    """A later block's view of its stage's :class:`PromptTokens` (shallow mode).
+
+    Deliberately not an ``nn.Module``: the tokens are registered once, under the stage's first
+    prompted block, so ``state_dict`` and ``named_parameters`` hold each shared tensor under one name.
+    """
+
+    def __init__(self, owner: PromptTokens) -> None:
+        self.owner = owner
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.owner(x)
+
+
+def _init_tokens(config: VptConfig, channels: int, first_stage_channels: int, like: torch.Tensor) -> torch.Tensor:
+    tokens = torch.empty(config.num_tokens, channels, device=like.device, dtype=like.dtype)
+    if config.init == "xavier":
+        bound = math.sqrt(6.0 / (SWIN_PATCH_FAN_IN + first_stage_channels))
+        return nn.init.uniform_(tokens, -bound, bound)
+    return nn.init.normal_(tokens, std=NORMAL_INIT_STD)
+
+
+@register_method("vpt", VptConfig, "VPT: learnable prompt tokens as extra keys/values in every Swin window (deep or shallow)")
+class Vpt(Method):
+    identity_at_init = False  # the prompts join the attention softmax from the start
+
+    def _prompted_blocks(self, model: DetectorBase) -> list[VisionBlock]:
+        blocks = model.vision_blocks()
+        if not blocks:
+            raise BenchError("vpt needs a model with vision transformer blocks; this model's vision_blocks() is empty.")
+        available = sorted({b.stage for b in blocks})
+        wanted = available if self.config.stages is None else sorted(set(self.config.stages))
+        missing = [s for s in wanted if s not in available]
+        if missing:
+            raise BenchError(f"vpt stages {missing} do not exist; this backbone has stages {available} (0-based).")
+        return [b for b in blocks if b.stage in wanted]
+
+    def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
+        first_stage_channels = model.vision_blocks()[0].channels
+        installed: list[PromptTokens] = []
+        stage_owner: dict[int, PromptTokens] = {}
+        for block in self._prompted_blocks(model):
+            if self.config.mode == "shallow" and block.stage in stage_owner:
+                block.module.extra_tokens = SharedPromptTokens(stage_owner[block.stage])
+                continue
+            like = next(block.module.parameters())
+            prompts = PromptTokens(_init_tokens(self.config, block.channels, first_stage_channels, like))
+            block.module.extra_tokens = prompts
+            stage_owner[block.stage] = prompts
+            installed.append(prompts)
+        trainable: dict[str, nn.Parameter] = {}
+        for prompts in installed:
+            trainable.update(trainable_under(model, prompts))
+        return trainable
+
+    def expected_trainable(self, model: DetectorBase) -> int:
+        blocks = self._prompted_blocks(model)
+        if self.config.mode == "deep":
+            widths = [b.channels for b in blocks]
+        else:
+            widths = list({b.stage: b.channels for b in blocks}.values())
+        return self.config.num_tokens * sum(widths)
