@@ -30,11 +30,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from bench.errors import BenchError
-from bench.models.base import PARAMETER_GROUPS, DetectorBase
+from bench.models.base import PARAMETER_GROUPS, PEFT_ADAPTER_NAME, DetectorBase
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names
 
 # The name of every adapter these methods inject; a path component that marks peft's tensors.
-ADAPTER_NAME = "peft_method"
+ADAPTER_NAME = PEFT_ADAPTER_NAME
 
 
 # ----------------------------------------------------------------------------- target selection

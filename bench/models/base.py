@@ -56,9 +56,14 @@ class Detections:
     labels: torch.Tensor
 
 
+# The adapter name under which methods inject `peft` tuners (LoRA, DoRA, IA3) into a detector's layers.
+PEFT_ADAPTER_NAME = "peft_method"
+
+
 def is_slot_tensor(name: str) -> bool:
-    """Whether a state-dict key lives under an extension slot (i.e. was added by a method)."""
-    return any(part in SLOT_NAMES for part in name.split("."))
+    """Whether a state-dict key was added by a method: under an extension slot, or a peft adapter."""
+    parts = name.split(".")
+    return any(part in SLOT_NAMES for part in parts) or PEFT_ADAPTER_NAME in parts
 
 
 class DetectorBase(nn.Module):
