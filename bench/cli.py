@@ -14,6 +14,7 @@ from typing import Sequence
 from bench.catalog import SPLITS, Catalog, load_split_annotations, require_data
 from bench.errors import BenchError
 from bench.models import MODELS
+from bench.tuning.base import METHODS
 
 
 def _csv(value: str) -> list[str]:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(GLIP, Grounding DINO) on COCO, LVIS, ODinW13 and the synthetic shapes world."
         ),
     )
-    parser.add_argument("--list", action="store_true", help="list the known models, suites and datasets, then exit")
+    parser.add_argument("--list", action="store_true", help="list the known models, methods, suites and datasets, then exit")
     parser.add_argument("--suite", help="a suite from the catalog, e.g. odinw13 (see --list)")
     parser.add_argument("--datasets", type=_csv, default=[], help="comma-separated dataset names (added to --suite)")
     parser.add_argument("--data-root", type=Path, help="folder holding the real datasets (see datasets/README.md)")
@@ -43,8 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_catalog(catalog: Catalog) -> None:
+    import methods  # noqa: F401  (registers every method)
+
     print("Models:")
     for entry in MODELS:
+        print(f"  {entry.name:<22} {entry.description}")
+    print("Methods:")
+    for entry in METHODS:
         print(f"  {entry.name:<22} {entry.description}")
     print("Suites:")
     for entry in catalog.suites:

@@ -15,6 +15,7 @@ def test_list_shows_models_suites_and_datasets(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "glip-t" in out and "glip-l" in out
+    assert "sdpt " in out and "lora " in out and "zero-shot" in out
     assert "odinw13" in out and "odinw-thermal" in out and "lvis-minival" in out
 
 
