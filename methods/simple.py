@@ -63,8 +63,8 @@ class Full(Method):
         return trainable_by_names(model, self._names(model))
 
     def expected_trainable(self, model: DetectorBase) -> int:
-        frozen = frozen_vision_parameters(model, self.config.freeze_vision_stages)
-        return sum(p.numel() for n, p in model.named_parameters() if n in set(model.base_parameter_names()) - frozen)
+        trained = set(self._names(model))
+        return sum(p.numel() for n, p in model.named_parameters() if n in trained)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class ParameterAccount:
 
 def account(model: DetectorBase, method: Method, trainable: dict[str, nn.Parameter]) -> ParameterAccount:
     """Account for ``method`` after it was applied to ``model`` (``trainable`` is what ``apply`` returned)."""
-    base = sum(p.numel() for n, p in model.named_parameters() if n in set(model.base_parameter_names()))
+    base_names = set(model.base_parameter_names())
+    base = sum(p.numel() for n, p in model.named_parameters() if n in base_names)
     head_names = set(model.parameter_groups()["head"])
     return ParameterAccount(
         method=method.name,
