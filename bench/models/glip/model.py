@@ -134,11 +134,11 @@ class GLIP(DetectorBase):
 
     def shift_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
         """The prompts with their token positions where the text encoder puts them (positive maps for
-        the loss and for post-processing); the same objects when nothing is inserted."""
+        the loss and for post-processing); the same objects when nothing is inserted. Called after
+        :meth:`encode_text`, which has already refused prompts that do not fit."""
         shift = self.language_backbone.token_shift()
         if shift == 0:
             return list(prompts)
-        self._check_fit(prompts)
         shifted: dict[int, Prompt] = {}  # keep "one prompt for all images" recognisable by identity
         return [shifted.setdefault(id(p), p.shifted(shift)) for p in prompts]
 
