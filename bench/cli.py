@@ -1,24 +1,67 @@
 """Command line of the benchmark (``python run_bench.py``).
 
-Today it lists the catalog and checks that the data of a selection is present and valid; the
-sweep over methods, datasets, shots and seeds plugs in here as models and methods register.
+``run_bench.py --methods sdpt,vpt,lora --suite odinw13 --model glip-t --weights W`` expands into
+every (method x dataset x shots x seed) cell, skips the cells with a stored result, runs the others
+here (``--executor local``) or as one SLURM job array (``--executor slurm``), and writes the
+leaderboard of the sweep under ``--results``. ``run_bench.py report`` rebuilds the leaderboards
+from every stored result. ``--list`` shows what is registered, ``--check-data`` validates data,
+``--dry-run`` prints the cells and which are done.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from bench.catalog import SPLITS, Catalog, load_split_annotations, require_data
 from bench.errors import BenchError
 from bench.models import MODELS
+from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells
+from bench.train.protocol import PROTOCOLS
 from bench.tuning.base import METHODS
+
+EXECUTORS = ("local", "slurm")
 
 
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _shots(value: str) -> list[int | None]:
+    out: list[int | None] = []
+    for item in _csv(value):
+        if item == "full":
+            out.append(None)
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise argparse.ArgumentTypeError(f"shots must be positive integers or 'full', got {item!r}")
+    return out
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(item) for item in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _split_seeds(value: str) -> list[int | None]:
+    return [None if item == "glip" else int(item) for item in _csv(value)] if value != "glip" else [None]
+
+
+def _assignment(value: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, lists, true), else as text."""
+    if "=" not in value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    key, raw = value.split("=", 1)
+    try:
+        return key.strip(), json.loads(raw)
+    except ValueError:
+        return key.strip(), raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,41 +69,76 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_bench.py",
         description=(
             "Benchmark parameter-efficient tuning of fusion-based vision-language detectors "
-            "(GLIP, Grounding DINO) on COCO, LVIS, ODinW13 and the synthetic shapes world."
+            "(GLIP, Grounding DINO) on COCO, LVIS, ODinW13 and the synthetic shapes world. "
+            "`run_bench.py report` rebuilds the leaderboards from stored results."
         ),
     )
-    parser.add_argument("--list", action="store_true", help="list the known models, methods, suites and datasets, then exit")
-    parser.add_argument("--suite", help="a suite from the catalog, e.g. odinw13 (see --list)")
-    parser.add_argument("--datasets", type=_csv, default=[], help="comma-separated dataset names (added to --suite)")
-    parser.add_argument("--data-root", type=Path, help="folder holding the real datasets (see datasets/README.md)")
-    parser.add_argument("--cache-dir", type=Path, help="where synthetic datasets are generated (default: ~/.cache/vl-peft-bench)")
-    parser.add_argument("--catalog", type=Path, help="catalog folder with *.yaml files (default: the repository's datasets/)")
-    parser.add_argument(
-        "--check-data",
-        action="store_true",
-        help="check that every split of the selected datasets is present and valid (generating synthetic ones)",
-    )
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--methods", type=_csv, default=[], help="comma-separated tuning methods (see --list)")
+    what.add_argument("--method-set", type=_assignment, action="append", default=[], metavar="METHOD.KEY=VALUE",
+                      help="a method option, e.g. sdpt.num_tokens=8 (repeatable; values are JSON)")
+    what.add_argument("--suite", help="a suite from the catalog, e.g. odinw13 (see --list)")
+    what.add_argument("--datasets", type=_csv, default=[], help="comma-separated dataset names (added to --suite)")
+    what.add_argument("--model", default="glip-nano", help="detector (see --list; default: glip-nano)")
+    what.add_argument("--weights", help="checkpoint of the model, e.g. glip_tiny_model_o365_goldg.pth")
+    what.add_argument("--shots", type=_shots, default=[None], help="comma-separated shots per class, or 'full' (default: full)")
+    what.add_argument("--seeds", type=_ints, default=[0], help="training seeds (default: 0)")
+    what.add_argument("--split-seeds", type=_split_seeds, default=None,
+                      help="few-shot split seeds, crossed with --seeds ('glip' = GLIP's deterministic split); "
+                           "default: each training seed also draws its own split")
+    what.add_argument("--protocol", default="glip-odinw", help="training protocol (see --list; default: glip-odinw)")
+    what.add_argument("--protocol-set", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                      help="change a protocol field, e.g. epochs=12 or max_steps=500 (repeatable)")
+    where = parser.add_argument_group("data and results")
+    where.add_argument("--data-root", type=Path, help="folder holding the real datasets (see datasets/README.md)")
+    where.add_argument("--cache-dir", type=Path, help="where synthetic datasets are generated (default: ~/.cache/vl-peft-bench)")
+    where.add_argument("--catalog", type=Path, help="catalog folder with *.yaml files (default: the repository's datasets/)")
+    where.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
+    how = parser.add_argument_group("how to run")
+    how.add_argument("--executor", choices=EXECUTORS, default="local", help="run here, or as a SLURM job array (default: local)")
+    how.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    how.add_argument("--workers", type=int, default=0, help="data-loader worker processes per run (default: 0)")
+    how.add_argument("--dry-run", action="store_true", help="print the cells and which are done; run nothing")
+    how.add_argument("--force", action="store_true", help="run cells again even when a result is stored")
+    how.add_argument("--no-progress", action="store_true", help="no progress bars")
+    slurm = parser.add_argument_group("SLURM (with --executor slurm)")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per array task (default: 1)")
+    slurm.add_argument("--cpus-per-job", type=int, default=4, help="CPUs per array task (default: 4)")
+    slurm.add_argument("--time-limit", type=int, default=240, help="minutes per task before SLURM stops and requeues it (default: 240)")
+    slurm.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (default: 32)")
+    slurm.add_argument("--sbatch", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                       help="extra sbatch option, e.g. account=proj or qos=high (repeatable)")
+    inspect = parser.add_argument_group("inspect")
+    inspect.add_argument("--list", action="store_true", help="list models, methods, protocols, suites and datasets, then exit")
+    inspect.add_argument("--check-data", action="store_true", help="check every split of the selected datasets (generating synthetic ones)")
+    return parser
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_bench.py report", description="Rebuild leaderboards and figures from stored results.")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
+    parser.add_argument("--suite", action="append", default=[], help="suite(s) to aggregate (default: every suite whose datasets have results)")
+    parser.add_argument("--catalog", type=Path, help="catalog folder (default: the repository's datasets/)")
     return parser
 
 
 def print_catalog(catalog: Catalog) -> None:
     import methods  # noqa: F401  (registers every method)
 
-    print("Models:")
-    for entry in MODELS:
-        print(f"  {entry.name:<22} {entry.description}")
-    print("Methods:")
-    for entry in METHODS:
-        print(f"  {entry.name:<22} {entry.description}")
-    print("Suites:")
-    for entry in catalog.suites:
-        suite = entry.obj
-        print(f"  {suite.name:<22} v{suite.version}  {len(suite.datasets):>2} datasets, {suite.aggregation}  {suite.description}")
-    print("Datasets:")
-    for entry in catalog.datasets:
-        spec = entry.obj
-        kind = "synthetic" if spec.is_synthetic else "on disk"
-        print(f"  {spec.name:<22} v{spec.version}  {spec.evaluator:<5} {kind:<9}  {spec.description}")
+    sections = [
+        ("Models", [(e.name, e.description) for e in MODELS]),
+        ("Methods", [(e.name, e.description) for e in METHODS]),
+        ("Protocols", [(e.name, e.description) for e in PROTOCOLS]),
+        ("Suites", [(s.obj.name, f"v{s.obj.version}  {len(s.obj.datasets):>2} datasets, {s.obj.aggregation}  {s.obj.description}")
+                    for s in catalog.suites]),
+        ("Datasets", [(d.obj.name, f"v{d.obj.version}  {d.obj.evaluator:<5} {'synthetic' if d.obj.is_synthetic else 'on disk':<9}  {d.obj.description}")
+                      for d in catalog.datasets]),
+    ]
+    for title, rows in sections:
+        print(f"{title}:")
+        for name, description in rows:
+            print(f"  {name:<22} {description}")
 
 
 def check_data(catalog: Catalog, args: argparse.Namespace) -> None:
@@ -78,18 +156,111 @@ def check_data(catalog: Catalog, args: argparse.Namespace) -> None:
     print(f"All {len(specs)} dataset(s) are present and valid.")
 
 
+def sweep_request(catalog: Catalog, args: argparse.Namespace) -> SweepRequest:
+    if not args.methods:
+        raise BenchError("Choose the methods to run with --methods (e.g. --methods sdpt,lora); --list shows them all.")
+    method_options: dict[str, dict[str, Any]] = {}
+    for key, value in args.method_set:
+        method, _, option = key.partition(".")
+        if not option:
+            raise BenchError(f"--method-set {key}=...: write METHOD.OPTION=VALUE, e.g. sdpt.num_tokens=8.")
+        method_options.setdefault(method, {})[option] = value
+    return SweepRequest(
+        model=args.model,
+        methods=args.methods,
+        datasets=[spec.name for spec in catalog.resolve(args.suite, args.datasets)],
+        weights=args.weights,
+        method_options=method_options,
+        shots=args.shots,
+        seeds=args.seeds,
+        split_seeds=args.split_seeds,
+        protocol=args.protocol,
+        protocol_overrides=dict(args.protocol_set),
+    )
+
+
+def print_plan(cells: Sequence[Cell], todo: Sequence[Cell]) -> None:
+    pending = {cell.key for cell in todo}
+    for cell in cells:
+        s = cell.spec
+        state = "todo" if cell.key in pending else "done"
+        split = "-" if s.shots is None else ("glip" if s.split_seed is None else s.split_seed)
+        print(f"{state}  {cell.key}  {s.method_label:<28} {s.dataset:<24} shots={s.shots_label:<4} split={split} seed={s.train_seed}")
+    print(f"{len(cells)} cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
+
+
+def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
+    request = sweep_request(catalog, args)
+    context = RunContext(
+        results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
+        device=args.device, workers=args.workers, progress=not args.no_progress,
+    )
+    cells = plan_cells(request, context, catalog)
+    todo = missing_cells(cells, context.store, force=args.force)
+    if args.dry_run:
+        print_plan(cells, todo)
+        return 0
+    print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
+    if args.executor == "local":
+        from bench.launch.local import run_local
+
+        failed = run_local(todo, context).failed
+    else:
+        from bench.launch.slurm import SlurmOptions, run_slurm
+
+        options = SlurmOptions(
+            partition=args.partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+            time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
+        )
+        failed = run_slurm(todo, context, options).failed
+    keys = {cell.key for cell in cells}
+    records = [r for r in context.store.load_records()[0] if r.key in keys]
+    report(records, args.results, catalog, suites=[args.suite] if args.suite else [])
+    if failed:
+        print(f"{len(failed)} cell(s) failed; their errors are in {context.store.failed_dir}. Run the same command again to retry them.",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def report(records, results: Path, catalog: Catalog, suites: Sequence[str]) -> None:
+    from bench.report import write_report
+
+    if not records:
+        raise BenchError(f"No finished runs in {results / 'runs' / 'done'}; run a sweep first (python run_bench.py --methods ... --suite ...).")
+    chosen = [catalog.suite(name) for name in suites] if suites else [s.obj for s in catalog.suites]
+    files = write_report(records, results, suites=chosen)
+    print(files.leaderboard_markdown.read_text())
+    print(f"Leaderboard, per-shots table and figures written under {results}.")
+
+
+def report_main(argv: Sequence[str]) -> int:
+    args = build_report_parser().parse_args(argv)
+    catalog = Catalog.load(args.catalog) if args.catalog else Catalog.load()
+    from bench.runs.store import RunStore
+
+    records, _ = RunStore(args.results / "runs").load_records()
+    report(records, args.results, catalog, args.suite)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["report"]:
+            return report_main(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
         catalog = Catalog.load(args.catalog) if args.catalog else Catalog.load()
         if args.list:
             print_catalog(catalog)
         elif args.check_data:
             check_data(catalog, args)
+        elif args.methods or args.dry_run:
+            return run_sweep(catalog, args)
         else:
             parser.print_help()
-            print("\nChoose --list or --check-data; training sweeps need a model and methods, which are not registered yet.")
+            print("\nChoose --methods and --suite (or --datasets) to run a sweep, or --list / --check-data.")
             return 2
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -65,6 +65,27 @@ class GlipResize:
         return F.resize(image, size, interpolation=v2.InterpolationMode.BILINEAR), target
 
 
+class RandomHorizontalFlip:
+    """Flip an image and its boxes with probability ``prob``, drawing from ``rng``.
+
+    torchvision's own flip draws from torch's global generator; an explicit ``random.Random`` lets
+    the trainer derive every sample's augmentation from (seed, epoch, position), so a resumed run
+    sees exactly the images an uninterrupted one would.
+    """
+
+    def __init__(self, prob: float, rng: random.Random | None = None) -> None:
+        self.prob = prob
+        self.rng = rng or random.Random()
+
+    def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if self.rng.random() >= self.prob:
+            return image, target
+        target = dict(target)
+        if "boxes" in target:
+            target["boxes"] = F.horizontal_flip(target["boxes"])
+        return F.horizontal_flip(image), target
+
+
 @dataclass(frozen=True)
 class PixelNormalization:
     """How a model wants its pixels: channel order, value scale, and per-channel mean/std.
@@ -116,10 +137,14 @@ def train_transform(
     flip_prob: float = 0.5,
     rng: random.Random | None = None,
 ) -> v2.Compose:
-    """GLIP's fine-tuning augmentation: multi-scale resize and horizontal flip (boxes follow)."""
+    """GLIP's fine-tuning augmentation: multi-scale resize and horizontal flip (boxes follow).
+
+    Both random choices come from ``rng`` (a fresh unseeded one when omitted).
+    """
+    rng = rng or random.Random()
     steps: list[Any] = [GlipResize(min_sizes, max_size, rng)]
     if flip_prob > 0:
-        steps.append(v2.RandomHorizontalFlip(flip_prob))
+        steps.append(RandomHorizontalFlip(flip_prob, rng))
     steps.append(Normalize(pixels))
     return v2.Compose(steps)
 

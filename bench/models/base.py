@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.data.transforms import PixelNormalization
+
 PARAMETER_GROUPS = ("vision_backbone", "neck", "text_encoder", "fusion", "head")
 
 # Attribute names of extension slots; tensors below them belong to methods, not to the base model.
@@ -56,6 +58,22 @@ class Detections:
     labels: torch.Tensor
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """The images a detector expects: its pixel convention and its training and test sizes.
+
+    Sizes follow the short-side/long-side rule of :func:`bench.data.transforms.glip_resize_hw`;
+    ``min_sizes_train`` is the multi-scale set one size is drawn from per training image.
+    """
+
+    pixels: PixelNormalization
+    min_sizes_train: tuple[int, ...]
+    max_size_train: int
+    min_size_test: int
+    max_size_test: int
+    size_divisibility: int
+
+
 # The adapter name under which methods inject `peft` tuners (LoRA, DoRA, IA3) into a detector's layers.
 PEFT_ADAPTER_NAME = "peft_method"
 
@@ -71,6 +89,10 @@ class DetectorBase(nn.Module):
 
     tokenizer: Any
     text_slots: int  # token positions of the text input (GLIP: 256); prompts and offsets are sized by it
+
+    @property
+    def input_spec(self) -> InputSpec:
+        raise NotImplementedError
 
     def parameter_groups(self) -> dict[str, list[str]]:
         raise NotImplementedError

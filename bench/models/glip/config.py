@@ -224,3 +224,22 @@ def _drop_prob(fpn: dict[str, Any]) -> float:
     """Fixture files spell DropBlock as e.g. ``"prob 0.0"``."""
     value = fpn.get("drop_block", 0.0)
     return float(str(value).split()[-1]) if isinstance(value, str) else float(value)
+
+
+# A small GLIP for the synthetic shapes world (CPU-sized; same code as GLIP-T/L, every dimension reduced):
+# Swin with 24 channels, a 2-layer BERT of width 64 over a 121-token vocabulary, two VL-DyHead blocks,
+# anchors scaled to objects of 8-60 pixels, images of 128-320 pixels.
+GLIP_NANO = GlipConfig(
+    name="glip-nano",
+    swin=SwinConfig(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 6), window_size=7, drop_path_rate=0.1),
+    fpn=FpnConfig(out_channels=64, drop_block_prob=0.0),
+    text=TextConfig(
+        bert=dict(BERT_BASE_UNCASED, vocab_size=121, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=128, max_position_embeddings=64),
+        max_query_len=64,
+    ),
+    fusion=FusionConfig(embed_dim=128, num_heads=4, dropout=0.1),
+    dyhead=DyHeadConfig(num_convs=2, channels=64, gn_groups=16),
+    anchors=AnchorConfig(sizes=(16, 32, 64, 128, 256)),
+    input=InputConfig(min_size_test=160, max_size_test=320, min_sizes_train=(128, 144, 160, 176, 192), max_size_train=320),
+)

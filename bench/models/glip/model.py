@@ -18,22 +18,23 @@ import torch
 from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
-from bench.data.transforms import PixelNormalization
 from bench.errors import BenchError
 from bench.models import MODELS
-from bench.models.base import DetectorBase, Detections, VisionBlock
+from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets
 from bench.models.glip.atss_loss import atss_losses
 from bench.models.glip.backbone import GlipBackbone
 from bench.models.glip.checkpoint import load_official_checkpoint
-from bench.models.glip.config import GLIP_L, GLIP_T, GlipConfig
+from bench.models.glip.config import GLIP_L, GLIP_NANO, GLIP_T, GlipConfig
 from bench.models.glip.fusion import VLFuse
 from bench.models.glip.head import HeadOutputs, VLDyHead
 from bench.models.glip.language import DEFAULT_TOKENIZER, LanguageBackbone, load_tokenizer
 from bench.models.glip.postprocess import postprocess
 from bench.models.glip.text_features import TextFeatures
 from bench.models.glip.tower import build_dyhead_tower
+
+NANO_TOKENIZER = Path(__file__).resolve().parent / "nano"
 
 
 @dataclass
@@ -67,8 +68,16 @@ class GLIP(DetectorBase):
 
     # ----------------------------------------------------------------- extension points
     @property
-    def pixel_normalization(self) -> PixelNormalization:
-        return self.config.input.pixels
+    def input_spec(self) -> InputSpec:
+        sizes = self.config.input
+        return InputSpec(
+            pixels=sizes.pixels,
+            min_sizes_train=sizes.min_sizes_train,
+            max_size_train=sizes.max_size_train,
+            min_size_test=sizes.min_size_test,
+            max_size_test=sizes.max_size_test,
+            size_divisibility=sizes.size_divisibility,
+        )
 
     def parameter_groups(self) -> dict[str, list[str]]:
         fusion_prefixes = tuple(
@@ -256,3 +265,8 @@ def build_glip(
 
 MODELS.add("glip-t", partial(build_glip, GLIP_T), "GLIP-T: Swin-T, BERT-base, 6 VL-DyHead blocks (231.8M parameters)")
 MODELS.add("glip-l", partial(build_glip, GLIP_L), "GLIP-L: Swin-L, BERT-base, 8 VL-DyHead blocks (430.4M parameters)")
+MODELS.add(
+    "glip-nano",
+    partial(build_glip, GLIP_NANO, tokenizer=NANO_TOKENIZER),
+    "GLIP-nano: the same GLIP reduced for the synthetic shapes world (CPU-sized; random weights unless --weights)",
+)

@@ -1,0 +1,1 @@
+"""Runs: their specs and keys, the run store, and running one cell."""

@@ -1,0 +1,67 @@
+"""Content fingerprints of what a run reads: the base weights and a dataset's annotation files.
+
+Hashing a 700 MB checkpoint or a 450 MB annotation file takes seconds, and planning a sweep needs
+every cell's key, so digests are cached in a JSON file next to the run store, keyed by the file's
+absolute path, size and modification time (a changed file gets a new digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.catalog import SPLITS, DatasetSpec
+from bench.runs.store import write_atomically
+
+CHUNK = 1 << 20
+
+
+class FingerprintCache:
+    """SHA-256 digests of files, remembered in ``path`` (a JSON file) across runs and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._digests: dict[str, str] | None = None
+        self._dirty = False
+
+    def _load(self) -> dict[str, str]:
+        if self._digests is None:
+            try:
+                self._digests = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._digests = {}
+        return self._digests
+
+    def file_digest(self, path: str | Path) -> str:
+        path = Path(path).resolve()
+        stat = path.stat()
+        entry = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        digests = self._load()
+        if entry not in digests:
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                while block := f.read(CHUNK):
+                    sha.update(block)
+            digests[entry] = sha.hexdigest()
+            self._dirty = True
+        return digests[entry]
+
+    def save(self) -> None:
+        if self._dirty and self._digests is not None:
+            write_atomically(self.path, json.dumps(self._digests, indent=0, sort_keys=True).encode())
+            self._dirty = False
+
+
+def dataset_fingerprint(spec: DatasetSpec, annotation_files: dict[str, Path], cache: FingerprintCache) -> str:
+    """The dataset's catalog entry (minus where it was read from) and the digests of its annotation files."""
+    entry = {k: v for k, v in asdict(spec).items() if k != "source"}
+    files = {split: cache.file_digest(annotation_files[split]) for split in SPLITS if split in annotation_files}
+    canonical = json.dumps({"spec": entry, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def weights_fingerprint(weights: str | None, cache: FingerprintCache) -> str | None:
+    """The digest of the base weights file (None for a randomly initialised model)."""
+    return None if weights is None else cache.file_digest(weights)[:20]

@@ -1,0 +1,140 @@
+"""From a sweep request (methods x datasets x shots x seeds) to keyed cells, and which are done.
+
+Planning reads no images and builds no model: it resolves names (unknown ones fail here, before any
+work), fingerprints the weights and annotation files (cached), and hashes each cell's spec into its
+run key, so a ``--dry-run`` over thousands of cells takes seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
+from bench.errors import BenchError
+from bench.models import MODELS
+from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
+from bench.runs.record import RunSpec
+from bench.runs.store import RunStore
+from bench.train.protocol import PROTOCOLS, resolve_protocol
+from bench.tuning.base import METHODS, build_method
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run finds its inputs and puts its outputs; none of it changes a run's result."""
+
+    results: Path = Path("results")
+    data_root: Path | None = None
+    cache_dir: Path | None = None
+    catalog_dir: Path | None = None
+    device: str = "auto"
+    workers: int = 0
+    progress: bool = True
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.results / "runs")
+
+    def catalog(self) -> Catalog:
+        return Catalog.load(self.catalog_dir) if self.catalog_dir else Catalog.load()
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What the user asked for. ``seeds`` are training seeds; ``split_seeds`` None pairs each training
+    seed with the same few-shot split seed (so replicates vary both), otherwise the two are crossed."""
+
+    model: str
+    methods: Sequence[str]
+    datasets: Sequence[str]
+    weights: str | None = None
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    shots: Sequence[int | None] = (None,)
+    seeds: Sequence[int] = (0,)
+    split_seeds: Sequence[int | None] | None = None
+    protocol: str = "glip-odinw"
+    protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    spec: RunSpec
+    key: str
+
+
+def _seed_pairs(request: SweepRequest, shots: int | None) -> list[tuple[int | None, int]]:
+    if shots is None:  # full data: no split to draw
+        return [(None, s) for s in request.seeds]
+    if request.split_seeds is None:
+        return [(s, s) for s in request.seeds]
+    return list(itertools.product(request.split_seeds, request.seeds))
+
+
+def validate_request(request: SweepRequest) -> None:
+    """Resolve every name and option once, so a typo fails before anything runs."""
+    import methods  # noqa: F401  (registers every method)
+
+    MODELS.get(request.model)
+    PROTOCOLS.get(request.protocol)
+    for name in request.methods:
+        METHODS.get(name)
+    for name in request.method_options:
+        if name not in request.methods:
+            raise BenchError(f"Options were given for the method {name!r}, which is not in --methods ({', '.join(request.methods)}).")
+    for name in request.methods:
+        build_method(name, dict(request.method_options.get(name, {})))
+    for shots in request.shots:
+        if shots is not None and shots < 1:
+            raise BenchError(f"Shots must be positive integers or 'full'; got {shots}.")
+        resolve_protocol(request.protocol, "full" if shots is None else str(shots), request.protocol_overrides)
+    if request.weights is not None and not Path(request.weights).is_file():
+        raise BenchError(
+            f"The weights file {request.weights} does not exist. Pass --weights the path of the model's checkpoint "
+            "(e.g. glip_tiny_model_o365_goldg.pth from the GLIP model zoo); README.md says where to get it."
+        )
+
+
+def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None) -> list[Cell]:
+    """Every cell of the request with its run key, in method, dataset, shots, seed order."""
+    validate_request(request)
+    catalog = catalog or context.catalog()
+    specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
+    require_data(specs, context.data_root, cache_root=context.cache_dir)
+    cache = FingerprintCache(context.results / "runs" / "fingerprints.json")
+    data = {
+        spec.name: dataset_fingerprint(
+            spec, {s: spec.split_paths(s, context.data_root, context.cache_dir)[1] for s in SPLITS if s in spec.splits}, cache
+        )
+        for spec in specs
+    }
+    weights = str(Path(request.weights).resolve()) if request.weights else None
+    weights_digest = weights_fingerprint(weights, cache)
+    cache.save()
+    cells = []
+    for method, spec, shots in itertools.product(request.methods, specs, request.shots):
+        for split_seed, train_seed in _seed_pairs(request, shots):
+            run = RunSpec(
+                model=request.model,
+                weights=weights,
+                method=method,
+                method_options=dict(request.method_options.get(method, {})),
+                dataset=spec.name,
+                shots=shots,
+                split_seed=split_seed,
+                train_seed=train_seed,
+                protocol=request.protocol,
+                protocol_overrides=dict(request.protocol_overrides),
+            )
+            cells.append(Cell(run, run.key(weights_digest, data[spec.name])))
+    return list({cell.key: cell for cell in cells}.values())  # a name given twice is one cell
+
+
+def missing_cells(cells: Sequence[Cell], store: RunStore, force: bool = False) -> list[Cell]:
+    """The cells without a stored result (all of them with ``force``)."""
+    if force:
+        return list(cells)
+    done = store.finished_keys()
+    return [cell for cell in cells if cell.key not in done]

@@ -1,0 +1,163 @@
+"""What one run is (:class:`RunSpec`) and what it leaves behind (:class:`RunRecord`).
+
+A run is a pure function of its spec: the model and its weights, the method and its options, the
+dataset, the few-shot split and the training protocol. Its key hashes the spec together with the
+fingerprints of the weights and the data and with :data:`RESULTS_VERSION`, so a result is reused only
+when everything that determines it is the same. Paths (``--data-root``, where the weights live) are
+not part of the key; the fingerprints of what they point to are.
+
+``RESULTS_VERSION`` is bumped by any change to the code that alters what a run computes (a model
+fix, a new default in a protocol); the git commit is recorded in each result's provenance but is not
+part of the key, so unrelated commits do not invalidate finished work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from bench.errors import BenchError
+
+RESULTS_VERSION = 1
+RECORD_FORMAT = 1
+FULL_DATA = "full"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a sweep.
+
+    ``shots``: K of a K-shot training split, or None for the full training split. ``split_seed``:
+    the seed of the few-shot sampler (None: GLIP's deterministic sampler); unused with full data.
+    ``train_seed``: initialisation of the method's modules, data order and augmentation.
+    ``protocol``: the training protocol's name and ``protocol_overrides`` its changed fields.
+    """
+
+    model: str
+    method: str
+    dataset: str
+    weights: str | None = None
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    shots: int | None = None
+    split_seed: int | None = None
+    train_seed: int = 0
+    protocol: str = "default"
+    protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def shots_label(self) -> str:
+        """``"full"`` or the number of shots as text (tables and file names)."""
+        return FULL_DATA if self.shots is None else str(self.shots)
+
+    @property
+    def method_label(self) -> str:
+        """The method and its non-default options, e.g. ``sdpt[num_tokens=8]``: one leaderboard row."""
+        if not self.method_options:
+            return self.method
+        options = ",".join(f"{k}={_compact(v)}" for k, v in sorted(self.method_options.items()))
+        return f"{self.method}[{options}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["method_options"] = dict(sorted(self.method_options.items()))
+        values["protocol_overrides"] = dict(sorted(self.protocol_overrides.items()))
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise BenchError(f"Unknown run-spec field(s) {unknown}; valid fields: {sorted(names)}.")
+        return cls(**dict(values))
+
+    def key(self, weights_fingerprint: str | None, data_fingerprint: str) -> str:
+        """The run key: a hash of the spec, the fingerprints and :data:`RESULTS_VERSION`."""
+        payload = {
+            "spec": self.to_dict() | {"weights": None},
+            "weights": weights_fingerprint,
+            "data": data_fingerprint,
+            "results_version": RESULTS_VERSION,
+        }
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run cost. ``peak_memory_bytes`` is CUDA's max allocated on GPU and the peak resident
+    set size of the process on CPU (``peak_memory_kind`` says which)."""
+
+    trainable_params: int
+    effective_params: int
+    base_params: int
+    stored_bytes: int
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    train_images_per_s: float
+    eval_images_per_s: float
+    train_steps: int
+    wall_s: float
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.base_params if self.base_params else math.nan
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run as stored in ``<results>/runs/done/<key>.json``.
+
+    ``val``: metrics of the selected (best-on-validation) weights on the validation split; ``test``:
+    the same weights scored once on the test split. Metric names are the evaluator's (``AP``,
+    ``AP50`` ... as fractions in [0, 1]; NaN where undefined). ``best_step``: the training step of
+    the selected weights (0 for methods that do not train).
+    """
+
+    key: str
+    spec: RunSpec
+    val: Mapping[str, float]
+    test: Mapping[str, float]
+    best_step: int
+    cost: Cost
+    provenance: Mapping[str, Any]
+
+    def to_json(self) -> str:
+        payload = {
+            "format": RECORD_FORMAT,
+            "key": self.key,
+            "spec": self.spec.to_dict(),
+            "metrics": {"val": dict(self.val), "test": dict(self.test), "best_step": self.best_step},
+            "cost": dataclasses.asdict(self.cost) | {"trainable_percent": self.cost.trainable_percent},
+            "provenance": dict(self.provenance),
+        }
+        return json.dumps(payload, indent=1, sort_keys=True, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRecord":
+        """Parse a stored record; any missing or malformed part raises ``ValueError``/``KeyError``/``TypeError``."""
+        data = json.loads(text)
+        if data.get("format") != RECORD_FORMAT:
+            raise ValueError(f"record format {data.get('format')!r}, expected {RECORD_FORMAT}")
+        cost = dict(data["cost"])
+        cost.pop("trainable_percent", None)
+        metrics = data["metrics"]
+        return cls(
+            key=str(data["key"]),
+            spec=RunSpec.from_dict(data["spec"]),
+            val={k: float(v) for k, v in metrics["val"].items()},
+            test={k: float(v) for k, v in metrics["test"].items()},
+            best_step=int(metrics["best_step"]),
+            cost=Cost(**cost),
+            provenance=dict(data["provenance"]),
+        )

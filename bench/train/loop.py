@@ -1,0 +1,178 @@
+"""The training loop: a framework-free AdamW loop with validation-based selection and resume.
+
+One call trains a method on a dataset under a :class:`Protocol`, evaluates on the validation split
+at the protocol's interval, keeps the best-on-validation tuned weights (``best.safetensors`` in the
+work folder), stops early when validation stops improving, checkpoints atomically, and finally
+restores the best weights. The test split is never seen here: the caller scores it once, after.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.catalog import DatasetSpec
+from bench.data.dataset import DetectionDataset
+from bench.models.base import DetectorBase
+from bench.train.batches import TrainingPrompts, trainable_images, training_loader
+from bench.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from bench.train.evaluate import evaluate
+from bench.train.meters import set_training_modes
+from bench.train.optim import LearningRateSchedule, build_optimizer
+from bench.train.protocol import Protocol
+from bench.tuning.base import Method
+from bench.tuning.state import save_tuned
+
+BEST_WEIGHTS = "best.safetensors"
+SELECTION_METRIC = "AP"
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What training produced: the selected step and its validation metrics, and throughput."""
+
+    best_step: int
+    val: dict[str, float]
+    steps: int
+    stopped_early: bool
+    train_images_per_s: float
+    eval_images_per_s: float
+
+
+def autocast_for(device: torch.device, amp: str) -> tuple[Callable[[], AbstractContextManager], torch.amp.GradScaler | None]:
+    """The autocast context factory and (fp16 only) the gradient scaler for ``amp`` on ``device``."""
+    mode = ("bf16" if device.type == "cuda" else "none") if amp == "auto" else amp
+    if mode == "none":
+        return nullcontext, None
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+@dataclass
+class TrainingJob:
+    """Everything one training run needs; ``val_set`` already carries the evaluation transform."""
+
+    model: DetectorBase
+    method: Method
+    trainable: dict[str, nn.Parameter]
+    train_set: DetectionDataset
+    val_set: DetectionDataset
+    dataset: DatasetSpec
+    protocol: Protocol
+    seed: int
+    work_dir: Path
+    workers: int = 0
+    progress: bool = True
+
+
+def train(job: TrainingJob) -> TrainingOutcome:
+    """Train (or resume) ``job``, leaving the model with its best-on-validation weights."""
+    model, protocol = job.model, job.protocol
+    device = next(model.parameters()).device
+    autocast, scaler = autocast_for(device, protocol.amp)
+    best_path = job.work_dir / BEST_WEIGHTS
+    optimizer = build_optimizer(model, job.trainable, job.method.config, protocol)
+
+    def validate(step: int) -> tuple[dict[str, float], float]:
+        ev = evaluate(model, job.val_set, job.dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
+                      progress=f"val @ step {step}" if job.progress else None)
+        return ev.metrics, ev.images_per_s
+
+    if optimizer is None:  # nothing to train: the base model is the selected one
+        metrics, eval_speed = validate(0)
+        return TrainingOutcome(0, metrics, 0, False, 0.0, eval_speed)
+
+    images = trainable_images(job.train_set)
+    train_set = DetectionDataset(job.train_set.annotations, job.train_set.image_dir,
+                                 caption_prompts=job.train_set.caption_prompts, image_ids=images)
+    total = protocol.total_steps(len(images))
+    interval = protocol.eval_interval(len(images))
+    schedule = LearningRateSchedule(optimizer, protocol, total)
+    counters = {"step": 0, "best_step": 0, "best_val": {}, "train_seconds": 0.0, "eval_seconds": 0.0,
+                "eval_images": 0, "stopped_early": False}
+    resumed = load_checkpoint(job.work_dir / CHECKPOINT, job.trainable)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        if scaler is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        counters.update(resumed["counters"])
+
+    def checkpoint() -> None:
+        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "counters": dict(counters)}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(job.work_dir / CHECKPOINT, job.trainable, state)
+
+    prompts = TrainingPrompts(train_set.prompt_classes(), model.tokenizer, model.text_slots, job.dataset.chunk_size)
+    start = counters["step"]
+    batches = training_loader(
+        train_set, model.input_spec, prompts, batch_size=protocol.batch_size, copies=protocol.copies,
+        seed=job.seed, start_batch=start * protocol.grad_accumulation,
+        num_batches=(total - start) * protocol.grad_accumulation, workers=job.workers,
+    )
+    bar = tqdm(total=total, initial=start, desc=f"train {job.method.name} on {job.dataset.name}",
+               disable=not job.progress or counters["stopped_early"], unit="step", leave=False)
+    set_training_modes(model)
+    step = start
+    while step < total and not counters["stopped_early"]:
+        tick = time.perf_counter()
+        schedule.step(step)
+        for _ in range(protocol.grad_accumulation):
+            batch = next(batches)
+            targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
+            with autocast():
+                losses = model(batch.images.to(device), batch.sizes.to(device), batch.prompts, targets)
+            loss = sum(losses.values()) / protocol.grad_accumulation
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if protocol.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(job.trainable.values()), protocol.clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        counters["step"] = step
+        counters["train_seconds"] += time.perf_counter() - tick
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()) * protocol.grad_accumulation:.3f}")
+        if step % interval == 0 or step == total:
+            metrics, speed = validate(step)
+            counters["eval_seconds"] += len(job.val_set) / speed
+            counters["eval_images"] += len(job.val_set)
+            if schedule.observe(metrics.get(SELECTION_METRIC, float("nan"))):
+                counters["best_step"], counters["best_val"] = step, metrics
+                save_tuned(best_path, model, job.method, job.trainable)
+            counters["stopped_early"] = schedule.should_stop()
+            set_training_modes(model)
+            checkpoint()
+        elif step % protocol.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+    if best_path.is_file():
+        best = load_file(best_path)
+        with torch.no_grad():
+            for name, parameter in job.trainable.items():
+                parameter.copy_(best[name])
+    model.eval()
+    return TrainingOutcome(
+        best_step=counters["best_step"],
+        val=counters["best_val"],
+        steps=counters["step"],
+        stopped_early=counters["stopped_early"],
+        train_images_per_s=counters["step"] * protocol.images_per_step / max(counters["train_seconds"], 1e-9),
+        eval_images_per_s=counters["eval_images"] / max(counters["eval_seconds"], 1e-9),
+    )
