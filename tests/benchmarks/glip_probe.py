@@ -5,15 +5,19 @@
 Prints one JSON line: the seconds of one step and the peak resident memory it added over the built
 model (CPU has no allocator statistics like CUDA's). There is no warm-up step: freed memory stays in
 the process, so a second step would hide the activations and gradients it reuses.
+
+The helpers here (``build``, ``measure``, ``run_probe``) are shared with ``method_probe.py``.
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,13 +31,17 @@ TOKENIZER = REPO / "tests" / "fixtures" / "glip_parity_A" / "bert_local"
 
 
 def build(model_name: str, size: int):
-    """A randomly initialised model, one prompt, one padded image and its targets."""
+    """A randomly initialised model, one prompt, one padded image and its targets.
+
+    The two boxes are drawn for a 256x256 image and scaled with ``size``, so they stay inside it.
+    """
     torch.manual_seed(0)
     model = MODELS.get(model_name)(tokenizer=TOKENIZER)
     prompt = build_prompt([PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")], model.tokenizer)
     images = torch.randn(1, 3, size, size)
     sizes = torch.tensor([[size, size]])
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 120.0], [100.0, 40.0, 200.0, 180.0]]), "labels": torch.tensor([1, 3])}]
+    boxes = torch.tensor([[10.0, 20.0, 90.0, 120.0], [100.0, 40.0, 200.0, 180.0]]) * (size / 256)
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 3])}]
     return model, prompt, images, sizes, targets
 
 
@@ -54,15 +62,43 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def reset_peak_rss() -> None:
+    """Start the peak-RSS counter afresh (Linux >= 4.0), so that a peak while building does not count.
+
+    Where ``/proc/self/clear_refs`` cannot be written the counter keeps the process's whole history,
+    and a step that stays below the build's peak reports less than it added (never more).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def measure(run: Callable[[], object]) -> dict:
+    """Seconds of ``run()`` and the peak resident memory it added over what was resident before it."""
+    before = rss_bytes()
+    reset_peak_rss()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "peak_added_mib": max(peak - before, 0) / 2**20, "rss_before_mib": before / 2**20}
+
+
+def run_probe(script: Path, *args: object, timeout: float = 1800) -> dict:
+    """Run a probe script in a fresh Python process; returns the JSON object it printed last."""
+    command = [sys.executable, str(script), *map(str, args)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[1:])} exited with {out.returncode}; its stderr ends with:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     model_name, mode, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
     parts = build(model_name, size)
-    before = rss_bytes()
-    start = time.perf_counter()
-    step(*parts, mode)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak_added_mib": max(peak - before, 0) / 2**20, "rss_before_mib": before / 2**20}))
+    print(json.dumps(measure(lambda: step(*parts, mode))))
 
 
 if __name__ == "__main__":

@@ -6,15 +6,13 @@ Times come from pytest-benchmark; the peak memory a step adds is probed in a fre
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from glip_probe import build, step  # noqa: E402
+from glip_probe import build, run_probe, step  # noqa: E402
 
 IMAGE_SIZE = 256
 PROBE = Path(__file__).parent / "glip_probe.py"
@@ -26,8 +24,7 @@ def glip_t():
 
 
 def probe_memory(mode: str) -> dict:
-    out = subprocess.run([sys.executable, str(PROBE), "glip-t", mode, str(IMAGE_SIZE)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_probe(PROBE, "glip-t", mode, IMAGE_SIZE)
 
 
 @pytest.mark.benchmark(group="glip-t cpu 256x256")
