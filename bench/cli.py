@@ -50,7 +50,10 @@ def _ints(value: str) -> list[int]:
 
 
 def _split_seeds(value: str) -> list[int | None]:
-    return [None if item == "glip" else int(item) for item in _csv(value)] if value != "glip" else [None]
+    items = _csv(value)
+    if not all(item == "glip" or item.lstrip("-").isdigit() for item in items):
+        raise argparse.ArgumentTypeError(f"split seeds are integers or 'glip', got {value!r}")
+    return [None if item == "glip" else int(item) for item in items]
 
 
 def _assignment(value: str) -> tuple[str, Any]:
@@ -215,7 +218,8 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         failed = run_slurm(todo, context, options).failed
     keys = {cell.key for cell in cells}
     records = [r for r in context.store.load_records()[0] if r.key in keys]
-    report(records, args.results, catalog, suites=[args.suite] if args.suite else [])
+    if records:  # when every cell failed there is nothing to tabulate; say why below instead
+        report(records, args.results, catalog, suites=[args.suite] if args.suite else [])
     if failed:
         print(f"{len(failed)} cell(s) failed; their errors are in {context.store.failed_dir}. Run the same command again to retry them.",
               file=sys.stderr)
@@ -224,10 +228,10 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
 
 
 def report(records, results: Path, catalog: Catalog, suites: Sequence[str]) -> None:
-    from bench.report import write_report
-
     if not records:
         raise BenchError(f"No finished runs in {results / 'runs' / 'done'}; run a sweep first (python run_bench.py --methods ... --suite ...).")
+    from bench.report import write_report  # pandas and matplotlib: only when there is something to report
+
     chosen = [catalog.suite(name) for name in suites] if suites else [s.obj for s in catalog.suites]
     files = write_report(records, results, suites=chosen)
     print(files.leaderboard_markdown.read_text())

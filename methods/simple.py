@@ -36,10 +36,11 @@ class ZeroShot(Method):
 @dataclass(frozen=True)
 class FullConfig(MethodConfig):
     """``freeze_vision_stages``: GLIP's ``FREEZE_CONV_BODY_AT`` (2 = patch embedding + first stage
-    frozen; -1 = nothing frozen); ``text_encoder_lr``: GLIP's ``LANG_LR``."""
+    frozen; -1 = nothing frozen); ``text_encoder_lr``: GLIP's ``LANG_LR``, the lr of the text
+    encoder's weights (None: the same lr as the rest)."""
 
     freeze_vision_stages: int = 2
-    text_encoder_lr: float = 1e-5
+    text_encoder_lr: float | None = 1e-5
 
 
 def frozen_vision_parameters(model: DetectorBase, freeze_at: int) -> set[str]:

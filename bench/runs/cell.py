@@ -23,6 +23,8 @@ from bench.data.fewshot import few_shot_subset
 from bench.models import MODELS
 from bench.runs.plan import Cell, RunContext
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord
+from bench.train.checkpoint import CHECKPOINT
+from bench.train.distributed import join_process_group
 from bench.train.evaluate import evaluate, evaluation_dataset
 from bench.train.loop import TrainingJob, autocast_for, train
 from bench.train.meters import PeakMemory
@@ -69,14 +71,20 @@ def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
     }
 
 
-def run_cell(cell: Cell, context: RunContext) -> RunRecord:
-    """Train and evaluate one cell, resuming from its checkpoint if one exists; store and return its record."""
+def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
+    """Train and evaluate one cell, resuming from its checkpoint if one exists; store and return its record.
+
+    Started as several processes (see :mod:`bench.train.distributed`), the processes train
+    together and only rank 0 scores the test split and stores the record; the others return None.
+    """
     started, tick = datetime.now(timezone.utc), time.perf_counter()
     spec = cell.spec
     store = context.store
     dataset = context.catalog().dataset(spec.dataset)
     protocol = resolve_protocol(spec.protocol, spec.shots_label, spec.protocol_overrides)
     device = pick_device(context.device)
+    group = join_process_group(device)
+    device = group.device(device)
 
     train_annotations = load_split_annotations(dataset, "train", context.data_root, context.cache_dir)
     if spec.shots is not None:
@@ -100,8 +108,10 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord:
     memory.reset()
     outcome = train(
         TrainingJob(model, method, trainable, train_set, val_set, dataset, protocol, spec.train_seed,
-                    store.work_dir(cell.key), workers=context.workers, progress=context.progress)
+                    store.work_dir(cell.key), workers=context.workers, progress=context.progress, group=group)
     )
+    if not group.is_main:
+        return None
     autocast, _ = autocast_for(device, protocol.amp)
     test = evaluate(model, test_set, dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
                     progress="test" if context.progress else None)
@@ -126,4 +136,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord:
         provenance=provenance(device, started),
     )
     store.save_result(record)
+    # The result is stored: the resumable state is spent (a --force rerun must train again, not
+    # resume at the last step), and for full fine-tuning it is gigabytes. best.safetensors stays.
+    (store.work_dir(cell.key) / CHECKPOINT).unlink(missing_ok=True)
     return record

@@ -55,9 +55,14 @@ class FingerprintCache:
 
 
 def dataset_fingerprint(spec: DatasetSpec, annotation_files: dict[str, Path], cache: FingerprintCache) -> str:
-    """The dataset's catalog entry (minus where it was read from) and the digests of its annotation files."""
+    """The dataset's catalog entry (minus where it was read from) and the digests of its annotation
+    files, including the prepared few-shot splits (``fewshot_*.json``) beside the training file,
+    which the few-shot sampler uses when they exist."""
     entry = {k: v for k, v in asdict(spec).items() if k != "source"}
     files = {split: cache.file_digest(annotation_files[split]) for split in SPLITS if split in annotation_files}
+    if "train" in annotation_files:
+        for prepared in sorted(annotation_files["train"].parent.glob("fewshot_*.json")):
+            files[prepared.name] = cache.file_digest(prepared)
     canonical = json.dumps({"spec": entry, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 

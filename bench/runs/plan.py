@@ -133,8 +133,13 @@ def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | No
 
 
 def missing_cells(cells: Sequence[Cell], store: RunStore, force: bool = False) -> list[Cell]:
-    """The cells without a stored result (all of them with ``force``)."""
+    """The cells without a readable stored result (all of them with ``force``).
+
+    A result file that does not read as its run's record is no result: its cell is run again (and
+    the file replaced), with a warning naming the file.
+    """
     if force:
         return list(cells)
-    done = store.finished_keys()
+    listed = store.finished_keys()
+    done = store.readable_results(cell.key for cell in cells if cell.key in listed)
     return [cell for cell in cells if cell.key not in done]

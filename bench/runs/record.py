@@ -147,17 +147,22 @@ class RunRecord:
     def from_json(cls, text: str) -> "RunRecord":
         """Parse a stored record; any missing or malformed part raises ``ValueError``/``KeyError``/``TypeError``."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a record is a JSON object, found a {type(data).__name__}")
         if data.get("format") != RECORD_FORMAT:
             raise ValueError(f"record format {data.get('format')!r}, expected {RECORD_FORMAT}")
-        cost = dict(data["cost"])
-        cost.pop("trainable_percent", None)
-        metrics = data["metrics"]
-        return cls(
-            key=str(data["key"]),
-            spec=RunSpec.from_dict(data["spec"]),
-            val={k: float(v) for k, v in metrics["val"].items()},
-            test={k: float(v) for k, v in metrics["test"].items()},
-            best_step=int(metrics["best_step"]),
-            cost=Cost(**cost),
-            provenance=dict(data["provenance"]),
-        )
+        try:
+            cost = dict(data["cost"])
+            cost.pop("trainable_percent", None)
+            metrics = data["metrics"]
+            return cls(
+                key=str(data["key"]),
+                spec=RunSpec.from_dict(data["spec"]),
+                val={k: float(v) for k, v in metrics["val"].items()},
+                test={k: float(v) for k, v in metrics["test"].items()},
+                best_step=int(metrics["best_step"]),
+                cost=Cost(**cost),
+                provenance=dict(data["provenance"]),
+            )
+        except AttributeError as err:  # a part of the wrong JSON type, e.g. a list where an object belongs
+            raise ValueError(f"malformed record: {err}") from None

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from bench.runs.record import RunRecord, RunSpec
 
@@ -74,6 +75,33 @@ class RunStore:
             return set()
         return {entry.name[:-5] for entry in os.scandir(self.done_dir) if entry.name.endswith(".json") and not entry.name.startswith(".")}
 
+    def read_result(self, key: str) -> RunRecord:
+        """The stored record of run ``key``; ``OSError``/``ValueError``/``KeyError``/``TypeError`` when
+        the file is missing, malformed or holds another run's result."""
+        record = RunRecord.from_json(self.result_path(key).read_text())
+        if record.key != key:
+            raise ValueError(f"it holds the result of run {record.key}, not {key}")
+        return record
+
+    def readable_results(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` whose result file reads as that run's record.
+
+        The others (a file copied in by hand, or left by older code) are not results: each is reported
+        as a warning, and the sweep runs its cell again, replacing the file.
+        """
+        readable = set()
+        for key in keys:
+            try:
+                self.read_result(key)
+                readable.add(key)
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                warnings.warn(
+                    f"The result file {self.result_path(key)} cannot be read ({type(err).__name__}: {err}); "
+                    "its cell will be run again and the file replaced.",
+                    stacklevel=2,
+                )
+        return readable
+
     def save_result(self, record: RunRecord) -> Path:
         path = self.result_path(record.key)
         write_atomically(path, record.to_json().encode())
@@ -107,22 +135,21 @@ class RunStore:
         """Every readable result, and the files that were skipped with the reason.
 
         A skipped file is also reported as a warning naming it: it may be a run killed by an older
-        version of this code, or a file copied in by hand; delete it to run that cell again.
+        version of this code, or a file copied in by hand; the next sweep that includes its cell runs
+        that cell again and replaces the file (see :meth:`readable_results`).
         """
         records, skipped = [], []
         if not self.done_dir.is_dir():
             return records, skipped
         for path in sorted(self.done_dir.glob("*.json")):
             try:
-                record = RunRecord.from_json(path.read_text())
-                if record.key != path.stem:
-                    raise ValueError(f"it holds the result of run {record.key}, not {path.stem}")
-                records.append(record)
+                records.append(self.read_result(path.stem))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 skipped.append(SkippedFile(path, f"{type(err).__name__}: {err}"))
         for item in skipped:
             warnings.warn(
-                f"Skipped the result file {item.path}: {item.reason}. It is not counted; delete it to run that cell again.",
+                f"Skipped the result file {item.path}: {item.reason}. It is not counted; a sweep that includes its cell "
+                "runs it again and replaces the file.",
                 stacklevel=2,
             )
         return records, skipped

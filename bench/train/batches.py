@@ -72,14 +72,16 @@ class TrainingPrompts:
 
 
 class _StreamSampler(Sampler[list[int]]):
-    """Yields batches of stream positions ``g`` from ``start_batch`` for ``num_batches`` batches."""
+    """Yields batches of stream positions ``g`` from ``start_batch`` for ``num_batches`` batches;
+    with several processes, process ``rank`` takes every ``world_size``-th position of each batch."""
 
-    def __init__(self, start_batch: int, num_batches: int, batch_size: int) -> None:
+    def __init__(self, start_batch: int, num_batches: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         self.start_batch, self.num_batches, self.batch_size = start_batch, num_batches, batch_size
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         for b in range(self.start_batch, self.start_batch + self.num_batches):
-            yield list(range(b * self.batch_size, (b + 1) * self.batch_size))
+            yield list(range(b * self.batch_size + self.rank, (b + 1) * self.batch_size, self.world_size))
 
     def __len__(self) -> int:
         return self.num_batches
@@ -130,8 +132,16 @@ def training_loader(
     num_batches: int,
     workers: int = 0,
     flip_prob: float = 0.5,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[TrainingBatch]:
-    """Batches ``start_batch .. start_batch + num_batches - 1`` of the stream, ready for the model."""
+    """Batches ``start_batch .. start_batch + num_batches - 1`` of the stream, ready for the model
+    (process ``rank`` of ``world_size`` gets its ``batch_size / world_size`` share of each)."""
+    if batch_size % world_size:
+        raise BenchError(
+            f"A batch of {batch_size} images cannot be shared evenly by {world_size} processes; "
+            "choose a batch_size (--protocol-set batch_size=N) that is a multiple of the number of GPUs."
+        )
     stream = _AugmentedStream(dataset, inputs, copies, seed, flip_prob)
 
     def collate(items):
@@ -142,7 +152,7 @@ def training_loader(
 
     loader = DataLoader(
         stream,
-        batch_sampler=_StreamSampler(start_batch, num_batches, batch_size),
+        batch_sampler=_StreamSampler(start_batch, num_batches, batch_size, rank, world_size),
         collate_fn=collate,
         num_workers=workers,
         generator=torch.Generator(),  # leave torch's global generator (dropout) untouched when iterating

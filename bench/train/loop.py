@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from bench.catalog import DatasetSpec
@@ -24,6 +25,7 @@ from bench.data.dataset import DetectionDataset
 from bench.models.base import DetectorBase
 from bench.train.batches import TrainingPrompts, trainable_images, training_loader
 from bench.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from bench.train.distributed import ProcessGroup
 from bench.train.evaluate import evaluate
 from bench.train.meters import set_training_modes
 from bench.train.optim import LearningRateSchedule, build_optimizer
@@ -72,6 +74,7 @@ class TrainingJob:
     work_dir: Path
     workers: int = 0
     progress: bool = True
+    group: ProcessGroup = ProcessGroup()
 
 
 def train(job: TrainingJob) -> TrainingOutcome:
@@ -82,10 +85,16 @@ def train(job: TrainingJob) -> TrainingOutcome:
     best_path = job.work_dir / BEST_WEIGHTS
     optimizer = build_optimizer(model, job.trainable, job.method.config, protocol)
 
+    group = job.group
+
     def validate(step: int) -> tuple[dict[str, float], float]:
-        ev = evaluate(model, job.val_set, job.dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
-                      progress=f"val @ step {step}" if job.progress else None)
-        return ev.metrics, ev.images_per_s
+        """Rank 0 evaluates; every rank gets its numbers, so all take the same decisions."""
+        result = None
+        if group.is_main:
+            ev = evaluate(model, job.val_set, job.dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
+                          progress=f"val @ step {step}" if job.progress else None)
+            result = (ev.metrics, ev.images_per_s)
+        return group.broadcast(result)
 
     if optimizer is None:  # nothing to train: the base model is the selected one
         metrics, eval_speed = validate(0)
@@ -97,7 +106,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
     total = protocol.total_steps(len(images))
     interval = protocol.eval_interval(len(images))
     schedule = LearningRateSchedule(optimizer, protocol, total)
-    counters = {"step": 0, "best_step": 0, "best_val": {}, "train_seconds": 0.0, "eval_seconds": 0.0,
+    counters = {"step": 0, "best_step": 0, "best_val": {}, "last_val": {}, "train_seconds": 0.0, "eval_seconds": 0.0,
                 "eval_images": 0, "stopped_early": False}
     resumed = load_checkpoint(job.work_dir / CHECKPOINT, job.trainable)
     if resumed is not None:
@@ -106,8 +115,12 @@ def train(job: TrainingJob) -> TrainingOutcome:
         if scaler is not None:
             scaler.load_state_dict(resumed["scaler"])
         counters.update(resumed["counters"])
+    elif group.is_main:  # a fresh start: best weights left by an earlier run of this cell are not this run's
+        best_path.unlink(missing_ok=True)
 
     def checkpoint() -> None:
+        if not group.is_main:
+            return
         state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "counters": dict(counters)}
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
@@ -119,9 +132,16 @@ def train(job: TrainingJob) -> TrainingOutcome:
         train_set, model.input_spec, prompts, batch_size=protocol.batch_size, copies=protocol.copies,
         seed=job.seed, start_batch=start * protocol.grad_accumulation,
         num_batches=(total - start) * protocol.grad_accumulation, workers=job.workers,
+        rank=group.rank, world_size=group.world_size,
     )
+    forward = model
+    if group.is_distributed:  # gradients of the trainable tensors are averaged over the processes
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True, broadcast_buffers=False,
+        )
     bar = tqdm(total=total, initial=start, desc=f"train {job.method.name} on {job.dataset.name}",
-               disable=not job.progress or counters["stopped_early"], unit="step", leave=False)
+               disable=not job.progress or not group.is_main or counters["stopped_early"], unit="step", leave=False)
     set_training_modes(model)
     step = start
     while step < total and not counters["stopped_early"]:
@@ -131,7 +151,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
             batch = next(batches)
             targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
             with autocast():
-                losses = model(batch.images.to(device), batch.sizes.to(device), batch.prompts, targets)
+                losses = forward(batch.images.to(device), batch.sizes.to(device), batch.prompts, targets)
             loss = sum(losses.values()) / protocol.grad_accumulation
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
@@ -153,20 +173,25 @@ def train(job: TrainingJob) -> TrainingOutcome:
             metrics, speed = validate(step)
             counters["eval_seconds"] += len(job.val_set) / speed
             counters["eval_images"] += len(job.val_set)
+            counters["last_val"] = metrics
             if schedule.observe(metrics.get(SELECTION_METRIC, float("nan"))):
                 counters["best_step"], counters["best_val"] = step, metrics
-                save_tuned(best_path, model, job.method, job.trainable)
+                if group.is_main:
+                    save_tuned(best_path, model, job.method, job.trainable)
             counters["stopped_early"] = schedule.should_stop()
             set_training_modes(model)
             checkpoint()
         elif step % protocol.checkpoint_every == 0:
             checkpoint()
     bar.close()
+    group.barrier()  # rank 0's last best weights are on disk before anyone loads them
     if best_path.is_file():
         best = load_file(best_path)
         with torch.no_grad():
             for name, parameter in job.trainable.items():
                 parameter.copy_(best[name])
+    else:  # no validation score was ever defined (NaN throughout): the final weights are the selection
+        counters["best_step"], counters["best_val"] = counters["step"], counters["last_val"]
     model.eval()
     return TrainingOutcome(
         best_step=counters["best_step"],

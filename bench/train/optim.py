@@ -30,20 +30,21 @@ def parameter_groups(
 ) -> list[dict[str, Any]]:
     """AdamW groups: (text-encoder base parameters or not) x (bias or not), empty groups dropped.
 
-    Base parameters of the text encoder take ``protocol.text_encoder_lr`` (GLIP's ``LANG_LR``) when it
-    is set; a method's own tensors installed inside the text encoder (context vectors, adapters) keep
-    the method's lr. Names ending in ``bias`` get ``bias_lr_factor`` times the lr and no weight decay.
+    Base parameters of the text encoder take the method's ``text_encoder_lr`` when its config declares
+    one (full fine-tuning: GLIP's ``LANG_LR``); a method's own tensors installed inside the text
+    encoder (context vectors, adapters) keep the method's lr. Names ending in ``bias`` get ``bias_lr_factor`` times the lr and no weight decay.
     Each group carries ``initial_lr``, from which the schedule scales.
     """
+    text_lr = getattr(method, "text_encoder_lr", None)
     base_names = set(model.base_parameter_names())
     text_prefix = _module_prefix(model, model.text_encoder())
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in trainable.items():
-        in_text = protocol.text_encoder_lr is not None and name in base_names and name.startswith(text_prefix)
+        in_text = text_lr is not None and name in base_names and name.startswith(text_prefix)
         groups.setdefault((in_text, name.endswith("bias")), []).append(parameter)
     out = []
     for (in_text, is_bias), params in sorted(groups.items()):
-        lr = protocol.text_encoder_lr if in_text else method.lr
+        lr = text_lr if in_text else method.lr
         if is_bias:
             lr *= protocol.bias_lr_factor
         out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0 if is_bias else method.weight_decay})

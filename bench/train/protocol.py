@@ -34,9 +34,9 @@ class Protocol:
     ``eval_every`` steps, or once per epoch when it is None; training stops early after
     ``terminate_patience`` evaluations without improvement (None: never).
 
-    Optimiser (AdamW): each method's lr and weight decay, except that base parameters of the text
-    encoder (full fine-tuning) use ``text_encoder_lr`` and biases get ``bias_lr_factor`` times the lr
-    and no weight decay, as GLIP's optimiser does. ``amp``: ``auto`` is bf16 autocast on CUDA and
+    Optimiser (AdamW): each method's lr and weight decay (and, for full fine-tuning, its lower lr for
+    the text encoder's own weights); biases get ``bias_lr_factor`` times the lr and no weight decay,
+    as GLIP's optimiser does. ``amp``: ``auto`` is bf16 autocast on CUDA and
     full precision on CPU.
     """
 
@@ -58,7 +58,6 @@ class Protocol:
     clip_grad_norm: float | None = 1.0
     eval_every: int | None = None
     eval_batch_size: int = 8
-    text_encoder_lr: float | None = 1e-5
     bias_lr_factor: float = 2.0
     amp: str = "auto"
     checkpoint_every: int = 50
@@ -69,8 +68,8 @@ class Protocol:
             raise BenchError(f"Protocol {self.name!r}: unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
         if self.amp not in AMP_MODES:
             raise BenchError(f"Protocol {self.name!r}: unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}.")
-        for name in ("batch_size", "grad_accumulation", "epochs", "copies", "eval_batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "grad_accumulation", "epochs", "copies", "eval_batch_size", "checkpoint_every", "max_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BenchError(f"Protocol {self.name!r}: {name} must be at least 1, got {getattr(self, name)}.")
 
     @property
@@ -100,10 +99,27 @@ class Protocol:
         if unknown:
             raise BenchError(f"Unknown protocol field(s) {unknown}; valid fields: {', '.join(valid)}.")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        for name, value in values.items():
+            _check_type(name, valid[name].type, value)
         return dataclasses.replace(self, **values)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "per_shots"}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """Reject an override of the wrong type (``--protocol-set batch_size=four``) before any cell runs."""
+    kinds = {part.strip().split("[")[0] for part in str(annotation).split("|")}
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (
+        (value is None and "None" in kinds)
+        or (number and isinstance(value, int) and kinds & {"int", "float"})
+        or (number and isinstance(value, float) and "float" in kinds)
+        or (isinstance(value, str) and "str" in kinds)
+        or (isinstance(value, tuple) and "tuple" in kinds and all(isinstance(v, (int, float)) for v in value))
+    ):
+        expected = str(annotation).replace(" | ", " or ")
+        raise BenchError(f"Protocol field {name} must be {expected}, got {value!r}; e.g. --protocol-set {name}=... with a JSON value.")
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")

@@ -1,0 +1,386 @@
+"""The SLURM executor: the missing cells of a sweep as one job array, submitted with submitit.
+
+Each array task runs one cell (:class:`CellTask`) with the same code as the local executor, so its
+only output is the cell's record in the run store (or its failure file). The launcher never trusts
+what a job returns: when every task has ended it reads the store, and a cell counts as finished
+exactly when its result file is there.
+
+Interruptions. Before a task hits its time limit (or is preempted) SLURM sends it a signal;
+submitit then calls :meth:`CellTask.checkpoint`, which hands back the same task, and requeues it.
+The requeued task resumes from the last checkpoint the training loop wrote in the cell's work
+folder (``run_cell`` always resumes), up to submitit's limit of 3 time-outs. A task that is
+cancelled (``scancel``) or killed from outside is not requeued by SLURM: after the array has
+ended, the cells that neither finished nor recorded an error are submitted once more, as a second
+array (one retry round, no more), and resume from their checkpoints. What still has no result after
+that is reported as failed, with the reason from its failure file, or else from the job: its
+SLURM state (CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...), the exception submitit recorded, or the last
+line of its stderr.
+
+Logs of every task are under ``<results>/slurm/<sweep stamp>/<job id>_<task>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from bench.errors import BenchError
+from bench.launch.local import SweepOutcome, run_cell_recording_failure
+from bench.runs.plan import Cell, RunContext
+from bench.runs.store import RunStore
+
+ATTEMPTS_LOG = "slurm-attempts.log"
+"""One line per start of a cell's array task, in the cell's work folder: when, which job, and
+whether it resumed from a checkpoint (what a requeue or the retry round is for)."""
+
+RETRY_ROUNDS = 1
+VISIBILITY_GRACE_S = 30.0
+"""How long to wait for a store file that a task reported writing (shared file systems may show a
+new file to other hosts some seconds late)."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What each array task asks SLURM for. ``gpus_per_job`` 0 requests no GPU (CPU-only clusters);
+    ``extra`` holds further sbatch options by name (``{"account": "proj", "qos": "high"}``);
+    ``poll_s`` is how often the launcher looks at the queue while it waits."""
+
+    partition: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 4
+    time_limit_min: int = 240
+    array_parallelism: int = 32
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    poll_s: float = 15.0
+
+
+class CellTask:
+    """One array task: run ``cell`` and record its result or failure in the store.
+
+    submitit pickles this object into the job folder. On preemption or time-out it calls
+    :meth:`checkpoint`, which returns the task unchanged: the training state needs no saving here,
+    because the loop checkpoints into the cell's work folder as it goes and ``run_cell`` resumes
+    from there.
+    """
+
+    def __init__(self, cell: Cell, context: RunContext) -> None:
+        self.cell = cell
+        self.context = context
+
+    def __call__(self) -> str | None:
+        """The error text of a failed cell, or None; for the job's log only (the store is the truth)."""
+        self._note_attempt()
+        return run_cell_recording_failure(self.cell, self.context)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+    def _note_attempt(self) -> None:
+        from bench.train.checkpoint import CHECKPOINT
+
+        work = self.context.store.work_dir(self.cell.key)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
+        start = "resumes from its checkpoint" if (work / CHECKPOINT).is_file() else "starts from scratch"
+        line = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} job {job} on {socket.gethostname()} {start}\n"
+        with open(work / ATTEMPTS_LOG, "a") as log:
+            log.write(line)
+
+
+def read_attempts(store: RunStore, key: str) -> list[str]:
+    """The lines :class:`CellTask` logged for ``key``, oldest first."""
+    path = store.work_root / key / ATTEMPTS_LOG
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+# ------------------------------------------------------------------------------------ the cluster
+def _run(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def check_cluster(partition: str | None) -> None:
+    """Fail early, and say how to fix it, when this machine cannot submit to a SLURM cluster."""
+    for tool in ("sbatch", "srun", "squeue", "sinfo"):
+        if shutil.which(tool) is None:
+            raise BenchError(
+                f"{tool} was not found: the SLURM executor submits with the SLURM client tools (sbatch, srun, squeue, "
+                "sinfo). Install the SLURM client (e.g. apt-get install slurm-client) and run from a machine that can "
+                "submit jobs, or use --executor local."
+            )
+    where = f"SLURM_CONF={os.environ['SLURM_CONF']}" if os.environ.get("SLURM_CONF") else "SLURM_CONF is not set"
+    try:
+        proc = _run(["sinfo", "-h", "-o", "%P"])
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"The SLURM controller did not answer sinfo within 30 s ({where}). Check that the cluster is up and that "
+            "SLURM_CONF names its slurm.conf, or use --executor local."
+        ) from None
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise BenchError(
+            f"The SLURM controller is not reachable: sinfo failed with '{detail}' ({where}). Check that the cluster "
+            "is up and that SLURM_CONF names its slurm.conf, or use --executor local."
+        )
+    partitions = [name.rstrip("*") for name in proc.stdout.split()]
+    if partition is not None and partition not in partitions:
+        raise BenchError(
+            f"The SLURM partition {partition!r} does not exist; this cluster has: {', '.join(partitions) or 'none'}. "
+            "Choose one with --partition (or leave it out for the default partition)."
+        )
+
+
+def _queued_tasks(job_ids: Sequence[str]) -> set[str] | None:
+    """Ids (``123_4``) of the array tasks still pending or running, or None when squeue did not answer."""
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    try:
+        proc = _run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i"])
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode != 0:
+        # squeue refuses ids the controller has already forgotten: then nothing of them is queued
+        return set() if "Invalid job id" in proc.stderr else None
+    return set(proc.stdout.split())
+
+
+def _executor(folder: Path, options: SlurmOptions, name: str):
+    import submitit
+
+    import bench
+
+    # The job unpickles CellTask and the cells by reference: it must import bench (and methods)
+    # whatever directory it starts in, also from a checkout that is not installed.
+    source_root = Path(bench.__file__).resolve().parents[1]
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    parameters: dict[str, Any] = dict(
+        name=name,
+        timeout_min=options.time_limit_min,
+        cpus_per_task=options.cpus_per_job,
+        slurm_array_parallelism=options.array_parallelism,
+        slurm_additional_parameters=dict(options.extra),
+        slurm_setup=[f"export PYTHONPATH={source_root}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    )
+    if options.partition is not None:
+        parameters["slurm_partition"] = options.partition
+    if options.gpus_per_job > 0:  # 0: no GPU request at all (a --gpus-per-node=0 line fails on clusters without gres)
+        parameters["gpus_per_node"] = options.gpus_per_job
+    try:
+        executor.update_parameters(**parameters)
+    except ValueError as err:
+        raise BenchError(f"submitit rejected the SLURM options {parameters}: {err}") from None
+    return executor
+
+
+# ------------------------------------------------------------------------------------ one round
+def _stamps(paths: Mapping[str, Path]) -> dict[str, int]:
+    """Modification times of those of ``paths`` that exist now (to tell this round's files from older ones)."""
+    stamps = {}
+    for key, path in paths.items():
+        try:
+            stamps[key] = path.stat().st_mtime_ns
+        except OSError:
+            pass
+    return stamps
+
+
+@dataclass(frozen=True)
+class _Before:
+    """The store files of a round's cells as they were when the round was submitted."""
+
+    results: Mapping[str, int]
+    failures: Mapping[str, int]
+
+    @classmethod
+    def take(cls, store: RunStore, cells: Sequence[Cell]) -> "_Before":
+        return cls(_stamps({c.key: store.result_path(c.key) for c in cells}),
+                   _stamps({c.key: store.failure_path(c.key) for c in cells}))
+
+
+def _is_new(path: Path, key: str, before: Mapping[str, int]) -> bool:
+    try:
+        return path.stat().st_mtime_ns != before.get(key)
+    except OSError:
+        return False
+
+
+def _new_result(store: RunStore, key: str, before: _Before) -> bool:
+    """Whether this round stored a readable result for ``key`` (a result kept from an earlier sweep,
+    e.g. under --force, does not count)."""
+    return _is_new(store.result_path(key), key, before.results) and bool(store.readable_results([key]))
+
+
+def _new_failure(store: RunStore, key: str, before: _Before) -> str | None:
+    """The error this round recorded for ``key``, or None."""
+    path = store.failure_path(key)
+    if not _is_new(path, key, before.failures):
+        return None
+    try:
+        return json.loads(path.read_text())["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the failure file {path} cannot be read"
+
+
+def _job_outcome(job) -> tuple[str | None, str]:
+    """("success" / "error" / None without a result file, text) from what submitit wrote for ``job``."""
+    import submitit
+
+    if not job.paths.result_pickle.exists():
+        return None, ""
+    try:
+        outcome, value = submitit.core.utils.pickle_load(job.paths.result_pickle)
+    except Exception as err:  # noqa: BLE001 (an unreadable result file is reported, not raised)
+        return "error", f"unreadable submitit result {job.paths.result_pickle}: {err}"
+    return outcome, value if isinstance(value, str) else ""
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _job_reason(job) -> str:
+    """Why ``job`` ended without a result: its SLURM state, its exception, or its stderr."""
+    outcome, text = _job_outcome(job)
+    if outcome == "error":
+        return f"SLURM task {job.job_id} raised {_last_line(text) or 'an error'} (log: {job.paths.stderr})"
+    try:
+        state = job.watcher.get_state(job.job_id, mode="force")
+    except Exception:  # noqa: BLE001 (sacct trouble must not hide the other results)
+        state = "UNKNOWN"
+    state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> "CANCELLED"
+    if state in ("UNKNOWN", "COMPLETED"):
+        detail = _last_line(job.stderr())
+        return f"SLURM task {job.job_id} ended without a result{f': {detail}' if detail else ''} (log: {job.paths.stderr})"
+    return f"SLURM task {job.job_id} ended {state} without a result (log: {job.paths.stderr})"
+
+
+def _submit(executor, cells: Sequence[Cell], context: RunContext) -> list:
+    import submitit
+
+    try:
+        with executor.batch():
+            jobs = [executor.submit(CellTask(cell, context)) for cell in cells]
+    except submitit.core.utils.FailedJobError as err:
+        raise BenchError(
+            f"sbatch refused the job array: {_last_line(str(err)) or err}. Check --partition, --gpus-per-job, "
+            "--cpus-per-job, --time-limit and the --sbatch options against the cluster (sinfo shows its partitions)."
+        ) from None
+    return jobs
+
+
+def _wait(jobs: Sequence, options: SlurmOptions, progress: bool) -> None:
+    """Return when every task has left the queue (or written its submitit result)."""
+    pending = {job.job_id: job for job in jobs}
+    with tqdm(total=len(jobs), desc="slurm", unit="cell", disable=not progress) as bar:
+        while pending:
+            queued = _queued_tasks(list(pending))
+            for job_id, job in list(pending.items()):
+                if job.paths.result_pickle.exists() or (queued is not None and job_id not in queued):
+                    del pending[job_id]
+                    bar.update(1)
+            if pending:
+                time.sleep(options.poll_s)
+
+
+def _settle(cells: Sequence[Cell], jobs: Sequence, store: RunStore, before: _Before) -> tuple[SweepOutcome, dict[str, str]]:
+    """Finished and failed cells of one round, and the cells to retry (killed from outside) with why."""
+    outcome, retry = SweepOutcome(), {}
+    for cell, job in zip(cells, jobs):
+        finished = _new_result(store, cell.key, before)
+        failure = _new_failure(store, cell.key, before)
+        job_outcome, _ = _job_outcome(job)
+        if not finished and failure is None and job_outcome == "success":
+            # The task stored its result or failure: give a shared file system time to show the file.
+            deadline = time.monotonic() + VISIBILITY_GRACE_S
+            while not finished and failure is None and time.monotonic() < deadline:
+                time.sleep(1.0)
+                finished = _new_result(store, cell.key, before)
+                failure = _new_failure(store, cell.key, before)
+        if finished:
+            outcome.finished.append(cell.key)
+        elif failure is not None:
+            outcome.failed[cell.key] = failure
+        elif job_outcome is None:  # cancelled or killed: it may resume from its checkpoint
+            retry[cell.key] = _job_reason(job)
+        else:
+            outcome.failed[cell.key] = _job_reason(job)
+    return outcome, retry
+
+
+def _job_context(context: RunContext) -> RunContext:
+    """``context`` as the job sees it: absolute paths (the job may start elsewhere), no progress bars."""
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else Path(path).expanduser().resolve()
+
+    return dataclasses.replace(
+        context, results=absolute(context.results), data_root=absolute(context.data_root),
+        cache_dir=absolute(context.cache_dir), catalog_dir=absolute(context.catalog_dir), progress=False,
+    )
+
+
+def _label(cell: Cell) -> str:
+    s = cell.spec
+    return f"{s.method_label} on {s.dataset} (shots {s.shots_label}, seed {s.train_seed})"
+
+
+def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions) -> SweepOutcome:
+    """Run ``cells`` as one SLURM job array and wait for it; read the outcome from the run store.
+
+    Cells whose task was cancelled or killed without recording an error are submitted once more
+    (one retry round), resuming from their checkpoints; see the module docstring.
+    """
+    if not cells:
+        return SweepOutcome()
+    check_cluster(options.partition)
+    job_context = _job_context(context)
+    store = job_context.store
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    folder = job_context.results / "slurm" / stamp
+    executor = _executor(folder, options, f"bench-{stamp}")
+    print(f"SLURM logs of this sweep: {folder}")
+
+    outcome, todo, reasons = SweepOutcome(), list(cells), {}
+    for round_ in range(1 + RETRY_ROUNDS):
+        before = _Before.take(store, todo)
+        jobs = _submit(executor, todo, job_context)
+        arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+        what = "Resubmitted" if round_ else "Submitted"
+        print(f"{what} {len(jobs)} cell(s) as SLURM job {', '.join(arrays)} "
+              f"(at most {min(len(jobs), options.array_parallelism)} at once); logs in {folder}/{arrays[0]}_*")
+        try:
+            _wait(jobs, options, context.progress)
+        except KeyboardInterrupt:
+            print(f"Stopped waiting. SLURM job {', '.join(arrays)} keeps running and stores its results; "
+                  f"`scancel {' '.join(arrays)}` stops it. Do not start this sweep again before it has ended: "
+                  "two runs of one cell would share its checkpoint.", file=sys.stderr)
+            raise
+        settled, retry = _settle(todo, jobs, store, before)
+        outcome.finished += settled.finished
+        outcome.failed.update(settled.failed)
+        reasons.update(retry)
+        todo = [cell for cell in todo if cell.key in retry]
+        if not todo:
+            break
+        if round_ < RETRY_ROUNDS:
+            print(f"{len(todo)} cell(s) ended without a result or an error (cancelled or killed); "
+                  "submitting them once more to resume from their checkpoints.")
+    for cell in todo:
+        outcome.failed[cell.key] = reasons[cell.key]
+    for cell in cells:
+        if cell.key in outcome.failed:
+            print(f"FAILED {_label(cell)}: {outcome.failed[cell.key]}", file=sys.stderr)
+    return outcome

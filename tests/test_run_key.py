@@ -1,0 +1,142 @@
+"""Run keys: the same run gets the same key in every process; anything that changes the run changes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench.runs.record as record_module
+from bench.catalog import Catalog
+from bench.errors import BenchError
+from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
+from bench.runs.plan import plan_cells
+from bench.runs.record import RunSpec
+from tests.run_support import quiet_context, synthetic_cache, tiny_request
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = dict(model="glip-nano", method="sdpt", dataset="shapes-colours", weights=None,
+            method_options={"num_tokens": 4, "layers": [0, 1]}, shots=3, split_seed=0, train_seed=0,
+            protocol="shapes", protocol_overrides={"max_steps": 4, "milestones": [0.5]})
+WEIGHTS_DIGEST, DATA_DIGEST = "w" * 20, "d" * 20
+# A different value for every field of RunSpec (a new field must be added here, so that it is keyed).
+CHANGED = dict(model="glip-t", method="lora", dataset="shapes-dense", method_options={"num_tokens": 8, "layers": [0, 1]},
+               shots=5, split_seed=1, train_seed=1, protocol="glip-odinw", protocol_overrides={"max_steps": 5, "milestones": [0.5]})
+
+KEY_IN_A_FRESH_PROCESS = """
+import json, sys
+from bench.runs.record import RunSpec
+spec = RunSpec(**json.loads(sys.argv[1]))
+print(spec.key(sys.argv[2], sys.argv[3]))
+"""
+
+
+def key_of(**changes) -> str:
+    return RunSpec(**(SPEC | changes)).key(WEIGHTS_DIGEST, DATA_DIGEST)
+
+
+def test_the_key_is_the_same_in_another_process():
+    ours = key_of()
+    env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"}  # another str hash seed too
+    theirs = subprocess.run([sys.executable, "-c", KEY_IN_A_FRESH_PROCESS, json.dumps(SPEC), WEIGHTS_DIGEST, DATA_DIGEST],
+                            cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert theirs == ours
+    assert len(ours) == 20 and int(ours, 16) >= 0
+
+
+def test_two_constructions_of_one_run_agree():
+    reordered = dict(reversed(list(SPEC["method_options"].items())))
+    assert key_of(method_options=reordered) == key_of()
+    assert key_of(method_options={"num_tokens": 4, "layers": (0, 1)}) == key_of()  # JSON has no tuples
+    assert key_of(protocol_overrides={"milestones": (0.5,), "max_steps": 4}) == key_of()
+
+
+def test_every_spec_field_but_the_weights_path_is_part_of_the_key():
+    assert set(CHANGED) == {f.name for f in dataclasses.fields(RunSpec)} - {"weights"}
+    keys = {name: key_of(**{name: value}) for name, value in CHANGED.items()}
+    assert key_of() not in keys.values()
+    assert len(set(keys.values())) == len(keys)
+
+
+def test_the_weights_path_does_not_change_the_key_but_the_weights_content_does():
+    assert key_of(weights="/models/a/glip.pth") == key_of(weights="/elsewhere/glip.pth") == key_of()
+    spec = RunSpec(**SPEC)
+    assert spec.key("v" * 20, DATA_DIGEST) != spec.key(WEIGHTS_DIGEST, DATA_DIGEST)
+    assert spec.key(None, DATA_DIGEST) != spec.key(WEIGHTS_DIGEST, DATA_DIGEST)
+
+
+def test_the_data_fingerprint_and_results_version_are_part_of_the_key(monkeypatch):
+    spec, current = RunSpec(**SPEC), key_of()
+    assert spec.key(WEIGHTS_DIGEST, "e" * 20) != current
+    monkeypatch.setattr(record_module, "RESULTS_VERSION", record_module.RESULTS_VERSION + 1)
+    assert spec.key(WEIGHTS_DIGEST, DATA_DIGEST) != current
+
+
+def test_spec_round_trips_and_rejects_unknown_fields():
+    spec = RunSpec(**SPEC)
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(BenchError, match="Unknown run-spec field"):
+        RunSpec.from_dict(spec.to_dict() | {"sheep": 1})
+
+
+def test_method_label_names_the_non_default_options():
+    assert RunSpec(**SPEC).method_label == "sdpt[layers=0+1,num_tokens=4]"
+    assert RunSpec(**(SPEC | {"method_options": {}})).method_label == "sdpt"
+
+
+# ------------------------------------------------------------------------ fingerprints in planning
+def test_planned_keys_follow_the_weights_content_not_their_path(tmp_path_factory):
+    cache = synthetic_cache(tmp_path_factory, ["shapes-colours"])
+    root = tmp_path_factory.mktemp("weights")
+    (root / "a").mkdir()
+    (root / "a" / "nano.pth").write_bytes(b"weights v1")
+    (root / "b").mkdir()
+    shutil.copy(root / "a" / "nano.pth", root / "b" / "nano.pth")
+    (root / "c.pth").write_bytes(b"weights v2")
+    context = quiet_context(root / "results", cache)
+
+    def keys(weights):
+        return [c.key for c in plan_cells(tiny_request(["zero-shot", "bitfit"], ["shapes-colours"], weights=weights), context)]
+
+    a, b, c, none = keys(str(root / "a" / "nano.pth")), keys(str(root / "b" / "nano.pth")), keys(str(root / "c.pth")), keys(None)
+    assert a == b
+    assert len({*a, *c, *none}) == 6
+
+
+def test_dataset_fingerprint_follows_the_annotation_content_and_the_catalog_entry(tmp_path):
+    spec = Catalog.load().dataset("shapes-colours")
+    files = {}
+    for split in ("train", "val", "test"):
+        files[split] = tmp_path / f"{split}.json"
+        files[split].write_text(f'{{"split": "{split}"}}')
+    cache = FingerprintCache(tmp_path / "fingerprints.json")
+    first = dataset_fingerprint(spec, files, cache)
+
+    os.utime(files["val"], (1, 1))  # touched, same content: the same fingerprint (digested again)
+    assert dataset_fingerprint(spec, files, cache) == first
+    assert dataset_fingerprint(dataclasses.replace(spec, source=Path("/elsewhere.yaml")), files, cache) == first
+    assert dataset_fingerprint(dataclasses.replace(spec, version=2), files, cache) != first
+    files["val"].write_text('{"split": "val", "edited": true}')
+    assert dataset_fingerprint(spec, files, cache) != first
+
+
+def test_fingerprint_cache_is_kept_between_processes(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"x" * 1000)
+    cache = FingerprintCache(tmp_path / "fingerprints.json")
+    digest = weights_fingerprint(str(path), cache)
+    cache.save()
+    assert (tmp_path / "fingerprints.json").is_file()
+
+    reloaded = FingerprintCache(tmp_path / "fingerprints.json")
+    reloaded._load()
+    [(entry, full)] = reloaded._digests.items()
+    assert entry.startswith(f"{path.resolve()}|1000|") and full.startswith(digest)
+    assert weights_fingerprint(str(path), reloaded) == digest and not reloaded._dirty  # read, not hashed again
+    assert weights_fingerprint(None, reloaded) is None
