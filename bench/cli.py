@@ -20,6 +20,7 @@ from bench.catalog import SPLITS, Catalog, load_split_annotations, require_data
 from bench.errors import BenchError
 from bench.models import MODELS
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells
+from bench.runs.record import RunRecord
 from bench.train.protocol import PROTOCOLS
 from bench.tuning.base import METHODS
 
@@ -227,12 +228,17 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     return 0
 
 
-def report(records, results: Path, catalog: Catalog, suites: Sequence[str]) -> None:
+def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites: Sequence[str]) -> None:
+    """Write and print the leaderboards of ``records`` for ``suites`` (names)."""
     if not records:
         raise BenchError(f"No finished runs in {results / 'runs' / 'done'}; run a sweep first (python run_bench.py --methods ... --suite ...).")
     from bench.report import write_report  # pandas and matplotlib: only when there is something to report
 
-    chosen = [catalog.suite(name) for name in suites] if suites else [s.obj for s in catalog.suites]
+    if suites:
+        chosen = [catalog.suite(name) for name in suites]
+    else:  # every suite the results cover completely; none: the mean over the datasets present
+        present = {record.spec.dataset for record in records}
+        chosen = [entry.obj for entry in catalog.suites if set(entry.obj.datasets) <= present]
     files = write_report(records, results, suites=chosen)
     print(files.leaderboard_markdown.read_text())
     print(f"Leaderboard, per-shots table and figures written under {results}.")
