@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     slurm = parser.add_argument_group("SLURM (with --executor slurm)")
     slurm.add_argument("--partition", help="SLURM partition")
     slurm.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per array task (default: 1)")
-    slurm.add_argument("--cpus-per-job", type=int, default=4, help="CPUs per array task (default: 4)")
+    slurm.add_argument("--processes-per-job", type=int, help="data-parallel processes per array task (default: one per GPU)")
+    slurm.add_argument("--cpus-per-job", type=int, default=4, help="CPUs per process of an array task (default: 4)")
     slurm.add_argument("--time-limit", type=int, default=240, help="minutes per task before SLURM stops and requeues it (default: 240)")
     slurm.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (default: 32)")
     slurm.add_argument("--sbatch", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
@@ -213,7 +214,8 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         from bench.launch.slurm import SlurmOptions, run_slurm
 
         options = SlurmOptions(
-            partition=args.partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+            partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
+            cpus_per_job=args.cpus_per_job,
             time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
         )
         failed = run_slurm(todo, context, options).failed

@@ -11,14 +11,17 @@ of a cell's time.
 - A second sweep of two BitFit cells is interrupted mid-training: one task gets the time-out /
   preemption signal (submitit checkpoints and requeues it), the other is cancelled (the retry
   round resubmits it). Both end with a result and resumed from their checkpoints.
+- Cluster errors (no sbatch, no controller, an unknown partition) are BenchErrors that say what to do.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -29,6 +32,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.cli import main
 from bench.errors import BenchError
 from bench.launch.local import run_local
 from bench.launch.slurm import SlurmOptions, read_attempts, run_slurm
@@ -38,12 +42,17 @@ from bench.train.loop import BEST_WEIGHTS
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
 from tests.slurm_support import SlurmCluster, slurm_cluster  # noqa: F401  (slurm_cluster is a fixture)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+def on_the_cluster(test):
+    """Marks a test that runs jobs on the cluster (the error tests at the end run none)."""
+    return pytest.mark.slurm(pytest.mark.slow(test))
+
 
 DATASET = "tiny-colours"
 EVAL_IMAGES = 4
-PROTOCOL = {"max_steps": 4, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
-INTERRUPTED_PROTOCOL = {"max_steps": 6, "eval_every": 6, "batch_size": 2, "checkpoint_every": 1}
+PROTOCOL = {"max_steps": 2, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
+INTERRUPTED_PROTOCOL = {"max_steps": 4, "eval_every": 4, "batch_size": 2, "checkpoint_every": 1}
+"""A BitFit step takes seconds on two busy cores: the first checkpoint comes well before the end."""
 FAILING_COOP = {"context_tokens": 100}  # more context vectors than glip-nano's 64 text slots: fails when installed
 SWEEP_TIMEOUT_S = 300
 CATALOG = f"""
@@ -99,21 +108,20 @@ def job_of(attempt: str) -> str:
 # ------------------------------------------------------------------------- one sweep, one array
 @pytest.fixture(scope="module")
 def sweep(slurm_cluster, tiny_data, tmp_path_factory):
-    request = tiny_request(["zero-shot", "bitfit", "coop"], [DATASET], protocol_overrides=PROTOCOL,
+    # The longest cell first: it starts at once, the other two share the second core.
+    request = tiny_request(["bitfit", "zero-shot", "coop"], [DATASET], protocol_overrides=PROTOCOL,
                            method_options={"coop": FAILING_COOP})
     on_slurm = context_in(tmp_path_factory.mktemp("slurm-results"), tiny_data)
     cells = plan_cells(request, on_slurm)
-    tick = time.perf_counter()
     outcome = run_slurm(cells, on_slurm, options(slurm_cluster))
-    slurm_s = time.perf_counter() - tick
     here = context_in(tmp_path_factory.mktemp("local-results"), tiny_data)
     assert [c.key for c in plan_cells(request, here)] == [c.key for c in cells]
     local = run_local(cells, here)
     keys = {c.spec.method: c.key for c in cells}
-    return SimpleNamespace(cells=cells, keys=keys, outcome=outcome, local=local, on_slurm=on_slurm, here=here,
-                           slurm_s=slurm_s)
+    return SimpleNamespace(cells=cells, keys=keys, outcome=outcome, local=local, on_slurm=on_slurm, here=here)
 
 
+@on_the_cluster
 def test_every_cell_runs_as_a_task_of_one_array(sweep):
     store = sweep.on_slurm.store
     assert sorted(sweep.outcome.finished) == sorted([sweep.keys["zero-shot"], sweep.keys["bitfit"]])
@@ -126,9 +134,11 @@ def test_every_cell_runs_as_a_task_of_one_array(sweep):
     assert len(arrays) == 1 and sorted(job.split("_")[1] for job in jobs) == ["0", "1", "2"]
     logs = sweep.on_slurm.results / "slurm"
     [sweep_folder] = logs.iterdir()
-    assert sorted(p.name for p in sweep_folder.iterdir() if p.is_dir()) == sorted(jobs)
+    for job in jobs:  # submitit's logs of each task
+        assert (sweep_folder / job / f"{job}_0_log.out").is_file()
 
 
+@on_the_cluster
 def test_a_failing_cell_is_reported_and_does_not_stop_the_others(sweep):
     key = sweep.keys["coop"]
     assert set(sweep.outcome.failed) == {key}
@@ -139,8 +149,19 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(sweep):
     assert sweep.local.failed.keys() == sweep.outcome.failed.keys()
 
 
+@on_the_cluster
 def test_the_records_equal_those_of_the_local_executor(sweep):
-    """Training is deterministic on CPU: the same cell gives the same numbers in a SLURM task and here."""
+    """Training is deterministic on CPU: the same cell gives the same numbers in a SLURM task and here.
+
+    Bitwise only with the same number of intra-op threads (with 1 instead of 2, BitFit's tensors
+    differ by ~1e-6 after two steps): the local cluster binds no CPUs, so its tasks use as many
+    threads as this process.
+    """
+    for key in sweep.outcome.finished:
+        [attempt] = read_attempts(sweep.on_slurm.store, key)
+        assert f"({torch.get_num_threads()} CPU threads," in attempt, (
+            f"the task ran with another thread count than this process ({attempt}): its results may differ in the "
+            "last bits, so this comparison needs a cluster that does not bind CPUs (scripts/local_slurm.sh)")
     slurm_records = {r.key: r for r in sweep.on_slurm.store.load_records()[0]}
     local_records = {r.key: r for r in sweep.here.store.load_records()[0]}
     assert slurm_records.keys() == local_records.keys() == set(sweep.local.finished) == set(sweep.outcome.finished)
@@ -163,18 +184,44 @@ def slurm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)
 
 
-def nudge_requeued(job: str) -> None:
-    """SLURM holds a requeued job for about two minutes (Reason=BeginTime); let it start now."""
+def cancel(job: str) -> None:
+    """``scancel`` a running task the way an admin would, without waiting out KillWait.
+
+    scancel sends SIGTERM, which a submitit job ignores (it waits for the time-out signal), and
+    SLURM kills the task only KillWait later (30 s on the local cluster): by then this test's short
+    cell would have finished. So the task's processes are killed here, as SLURM would kill them; that
+    needs the task to run on this machine, as on the local cluster.
+    """
+    raw_id = slurm("squeue", "-h", "-j", job, "-o", "%A").stdout.strip()
+    listed = slurm("scontrol", "listpids", raw_id).stdout.splitlines()[1:]
+    pids = [int(row.split()[0]) for row in listed if row.split()[2] != "batch"]
+    assert pids, f"scontrol listpids {raw_id} shows no processes of task {job}: is the cluster's node this machine?"
+    slurm("scancel", job)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def nudge_requeued(job: str) -> bool:
+    """SLURM holds a requeued job for about two minutes (Reason=BeginTime); let it start in 2 s instead.
+
+    Not at once: the node refuses to start a job in the same second that its credential was revoked
+    by the requeue ("Job credential revoked"), and the task would end FAILED. True once nudged.
+    """
     state = slurm("squeue", "-h", "-j", job, "-o", "%T %r").stdout.split()
-    if state == ["PENDING", "BeginTime"]:
-        slurm("scontrol", "update", f"JobId={job}", "StartTime=now")
+    if state != ["PENDING", "BeginTime"]:
+        return False
+    slurm("scontrol", "update", f"JobId={job}", "StartTime=now+2")
+    return True
 
 
 @pytest.fixture(scope="module")
 def interrupted(slurm_cluster, tiny_data, tmp_path_factory):
     context = context_in(tmp_path_factory.mktemp("slurm-interrupted"), tiny_data)
-    preempted, cancelled = plan_cells(tiny_request(["bitfit"], [DATASET], seeds=[0, 1], protocol_overrides=INTERRUPTED_PROTOCOL),
-                                      context)
+    request = tiny_request(["bitfit"], [DATASET], seeds=[0, 1], protocol_overrides=INTERRUPTED_PROTOCOL)
+    preempted, cancelled = plan_cells(request, context)
     store = context.store
     result: dict = {}
 
@@ -188,28 +235,37 @@ def interrupted(slurm_cluster, tiny_data, tmp_path_factory):
     runner.start()
     deadline = time.monotonic() + SWEEP_TIMEOUT_S
     signalled: dict[str, str] = {}
-    while runner.is_alive() and time.monotonic() < deadline:
-        for cell, action in ((preempted, "preempt"), (cancelled, "cancel")):
-            attempts = read_attempts(store, cell.key)
-            if cell.key not in signalled and attempts and (store.work_root / cell.key / CHECKPOINT).is_file():
-                job = job_of(attempts[0])
-                # The signal SLURM sends before a time-out (--signal=USR2@90): submitit checkpoints and requeues.
-                slurm("scancel", "--signal=USR2", job) if action == "preempt" else slurm("scancel", job)
-                signalled[cell.key] = job
-        for job in signalled.values():
-            nudge_requeued(job)
-        time.sleep(0.5)
-    if runner.is_alive():
-        for job in signalled.values():
-            slurm("scancel", job.split("_")[0])
-        pytest.fail(f"the interrupted sweep did not end within {SWEEP_TIMEOUT_S}s; attempts: "
-                    f"{[read_attempts(store, c.key) for c in (preempted, cancelled)]}")
+    nudged: set[str] = set()
+    try:
+        while runner.is_alive() and time.monotonic() < deadline:
+            for cell in (preempted, cancelled):
+                attempts = read_attempts(store, cell.key)
+                if cell.key in signalled or not attempts or not (store.work_root / cell.key / CHECKPOINT).is_file():
+                    continue
+                job = signalled[cell.key] = job_of(attempts[0])
+                if cell is preempted:  # the signal SLURM sends before a time-out: submitit checkpoints and requeues
+                    slurm("scancel", "--signal=USR2", job)
+                else:
+                    cancel(job)
+            for job in set(signalled.values()) - nudged:
+                if nudge_requeued(job):
+                    nudged.add(job)
+            time.sleep(0.5)
+        if runner.is_alive():
+            pytest.fail(f"the interrupted sweep did not end within {SWEEP_TIMEOUT_S}s; attempts: "
+                        f"{[read_attempts(store, c.key) for c in (preempted, cancelled)]}")
+    finally:
+        if runner.is_alive():  # leave no jobs behind
+            started = [job_of(line) for c in (preempted, cancelled) for line in read_attempts(store, c.key)]
+            for array in {job.split("_")[0] for job in started}:
+                slurm("scancel", array)
     if "error" in result:
         raise result["error"]
     return SimpleNamespace(outcome=result["outcome"], store=store, preempted=preempted, cancelled=cancelled,
                            signalled=signalled)
 
 
+@on_the_cluster
 def test_interrupted_tasks_resume_from_their_checkpoints_and_finish(interrupted):
     outcome, store = interrupted.outcome, interrupted.store
     assert set(interrupted.signalled) == {interrupted.preempted.key, interrupted.cancelled.key}
@@ -224,11 +280,13 @@ def test_interrupted_tasks_resume_from_their_checkpoints_and_finish(interrupted)
         assert not (store.work_root / cell.key / CHECKPOINT).exists()  # spent once the result is stored
 
 
+@on_the_cluster
 def test_a_preempted_task_is_requeued_as_the_same_array_task(interrupted):
     first, second = read_attempts(interrupted.store, interrupted.preempted.key)
     assert job_of(first) == job_of(second) == interrupted.signalled[interrupted.preempted.key]
 
 
+@on_the_cluster
 def test_a_cancelled_task_is_resubmitted_once_as_a_new_job(interrupted):
     first, second = read_attempts(interrupted.store, interrupted.cancelled.key)
     assert job_of(first) == interrupted.signalled[interrupted.cancelled.key]
@@ -236,12 +294,16 @@ def test_a_cancelled_task_is_resubmitted_once_as_a_new_job(interrupted):
 
 
 # ------------------------------------------------------------------------- cluster errors
-def test_an_unknown_partition_is_a_clear_error(slurm_cluster, tiny_data, tmp_path):
-    context = context_in(tmp_path / "results", tiny_data)
-    cells = plan_cells(tiny_request(["zero-shot"], [DATASET]), context)
-    bad = SlurmOptions(partition="no-such-partition", gpus_per_job=0)
-    with pytest.raises(BenchError, match="partition 'no-such-partition' does not exist.*--partition"):
-        run_slurm(cells, context, bad)
+@pytest.mark.slurm
+def test_the_cli_reports_an_unknown_partition(slurm_cluster, tiny_data, tmp_path, capsys):
+    args = ["--executor", "slurm", "--partition", "no-such-partition", "--gpus-per-job", "0",
+            "--methods", "zero-shot", "--datasets", DATASET, "--protocol", "shapes", "--no-progress",
+            "--results", str(tmp_path / "results"), "--cache-dir", str(tiny_data.cache),
+            "--data-root", str(tiny_data.data_root), "--catalog", str(tiny_data.catalog_dir)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "partition 'no-such-partition' does not exist" in error and slurm_cluster.partition in error
+    assert not (tmp_path / "results" / "runs" / "done").exists()
 
 
 def test_missing_sbatch_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
@@ -255,9 +317,29 @@ def test_missing_sbatch_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
 def test_an_unreachable_controller_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
     if shutil.which("sinfo") is None:
         pytest.skip("needs the SLURM client tools")
-    (tmp_path / "slurm.conf").write_text("ClusterName=nowhere\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=1\nMessageTimeout=1\nTCPTimeout=1\n")
+    conf = ["ClusterName=nowhere", "SlurmctldHost=localhost(127.0.0.1)", "SlurmctldPort=1", "MessageTimeout=1", "TCPTimeout=1"]
+    (tmp_path / "slurm.conf").write_text("\n".join(conf) + "\n")
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
     context = context_in(tmp_path / "results", tiny_data)
     cells = plan_cells(tiny_request(["zero-shot"], [DATASET]), context)
     with pytest.raises(BenchError, match="controller is not reachable.*SLURM_CONF.*--executor local"):
         run_slurm(cells, context, SlurmOptions())
+
+
+# ------------------------------------------------------------------------- data parallel in a job
+@on_the_cluster
+def test_two_processes_of_one_task_train_a_cell_together(slurm_cluster, tiny_data, tmp_path):
+    """``processes_per_job=2``: one array task of two SLURM tasks, which join a gloo process group
+    through submitit's distributed environment; both log their start, rank 0 stores the record."""
+    request = tiny_request(["bitfit"], [DATASET], protocol_overrides=PROTOCOL)
+    context = context_in(tmp_path / "results", tiny_data)
+    [cell] = plan_cells(request, context)
+    parallel = SlurmOptions(partition=slurm_cluster.partition, gpus_per_job=0, processes_per_job=2, cpus_per_job=1,
+                            time_limit_min=10, array_parallelism=1, poll_s=1.0)
+    outcome = run_slurm([cell], context, parallel)
+    assert outcome.finished == [cell.key] and not outcome.failed
+    attempts = read_attempts(context.store, cell.key)
+    assert len({job_of(a) for a in attempts}) == 1  # two processes of the same task, ranks 0 and 1 of 2
+    assert sorted(re.search(r"process (\d of \d)", a).group(1) for a in attempts) == ["0 of 2", "1 of 2"]
+    [record] = context.store.load_records()[0]
+    assert record.cost.train_steps == PROTOCOL["max_steps"] and record.best_step == PROTOCOL["max_steps"]

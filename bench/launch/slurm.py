@@ -11,7 +11,7 @@ The requeued task resumes from the last checkpoint the training loop wrote in th
 folder (``run_cell`` always resumes), up to submitit's limit of 3 time-outs. A task that is
 cancelled (``scancel``) or killed from outside is not requeued by SLURM: after the array has
 ended, the cells that neither finished nor recorded an error are submitted once more, as a second
-array (one retry round, no more), and resume from their checkpoints. What still has no result after
+job array (one retry round, no more), and resume from their checkpoints. What still has no result after
 that is reported as failed, with the reason from its failure file, or else from the job: its
 SLURM state (CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...), the exception submitit recorded, or the last
 line of its stderr.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -42,8 +43,8 @@ from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
 
 ATTEMPTS_LOG = "slurm-attempts.log"
-"""One line per start of a cell's array task, in the cell's work folder: when, which job, and
-whether it resumed from a checkpoint (what a requeue or the retry round is for)."""
+"""One line per start of a cell's array task, in the cell's work folder: when, which job, where,
+and whether it resumed from a checkpoint (what a requeue or the retry round is for)."""
 
 RETRY_ROUNDS = 1
 VISIBILITY_GRACE_S = 30.0
@@ -54,11 +55,14 @@ new file to other hosts some seconds late)."""
 @dataclass(frozen=True)
 class SlurmOptions:
     """What each array task asks SLURM for. ``gpus_per_job`` 0 requests no GPU (CPU-only clusters);
-    ``extra`` holds further sbatch options by name (``{"account": "proj", "qos": "high"}``);
-    ``poll_s`` is how often the launcher looks at the queue while it waits."""
+    ``processes_per_job``: data-parallel processes training the cell together (None: one per GPU;
+    on CPU they use gloo), each with ``cpus_per_job`` CPUs; ``extra`` holds further sbatch options
+    by name (``{"account": "proj", "qos": "high"}``); ``poll_s`` is how often the launcher looks
+    at the queue while it waits."""
 
     partition: str | None = None
     gpus_per_job: int = 1
+    processes_per_job: int | None = None
     cpus_per_job: int = 4
     time_limit_min: int = 240
     array_parallelism: int = 32
@@ -80,7 +84,16 @@ class CellTask:
         self.context = context
 
     def __call__(self) -> str | None:
-        """The error text of a failed cell, or None; for the job's log only (the store is the truth)."""
+        """The error text of a failed cell, or None; for the job's log only (the store is the truth).
+
+        With several tasks per job (``--gpus-per-job`` above 1: one process per GPU), the tasks
+        export the ``torch.distributed`` variables from submitit's job environment and train the cell
+        together (:mod:`bench.train.distributed`); LOCAL_RANK picks each one's GPU.
+        """
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         self._note_attempt()
         return run_cell_recording_failure(self.cell, self.context)
 
@@ -90,13 +103,18 @@ class CellTask:
         return submitit.helpers.DelayedSubmission(self)
 
     def _note_attempt(self) -> None:
+        import torch
+
         from bench.train.checkpoint import CHECKPOINT
 
         work = self.context.store.work_dir(self.cell.key)
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
         start = "resumes from its checkpoint" if (work / CHECKPOINT).is_file() else "starts from scratch"
-        line = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} job {job} on {socket.gethostname()} {start}\n"
+        # The thread count is logged because CPU results are bitwise reproducible only with the same count.
+        process = f"process {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}"
+        line = (f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} job {job} on {socket.gethostname()} "
+                f"({torch.get_num_threads()} CPU threads, {process}) {start}\n")
         with open(work / ATTEMPTS_LOG, "a") as log:
             log.write(line)
 
@@ -171,12 +189,15 @@ def _executor(folder: Path, options: SlurmOptions, name: str):
         cpus_per_task=options.cpus_per_job,
         slurm_array_parallelism=options.array_parallelism,
         slurm_additional_parameters=dict(options.extra),
-        slurm_setup=[f"export PYTHONPATH={source_root}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        slurm_setup=[f"export PYTHONPATH={shlex.quote(str(source_root))}${{PYTHONPATH:+:$PYTHONPATH}}"],
     )
     if options.partition is not None:
         parameters["slurm_partition"] = options.partition
     if options.gpus_per_job > 0:  # 0: no GPU request at all (a --gpus-per-node=0 line fails on clusters without gres)
         parameters["gpus_per_node"] = options.gpus_per_job
+    processes = options.processes_per_job or max(options.gpus_per_job, 1)
+    if processes > 1:  # data parallel inside the job: one task per process (per GPU), cpus_per_job each
+        parameters["tasks_per_node"] = processes
     try:
         executor.update_parameters(**parameters)
     except ValueError as err:
@@ -275,8 +296,9 @@ def _submit(executor, cells: Sequence[Cell], context: RunContext) -> list:
             jobs = [executor.submit(CellTask(cell, context)) for cell in cells]
     except submitit.core.utils.FailedJobError as err:
         raise BenchError(
-            f"sbatch refused the job array: {_last_line(str(err)) or err}. Check --partition, --gpus-per-job, "
-            "--cpus-per-job, --time-limit and the --sbatch options against the cluster (sinfo shows its partitions)."
+            f"sbatch refused the job array of {len(cells)} cell(s): {_last_line(str(err)) or err}. Check --partition, "
+            "--gpus-per-job, --cpus-per-job, --time-limit and the --sbatch options against the cluster (sinfo shows its "
+            "partitions; a sweep larger than MaxArraySize in `scontrol show config` must be run in parts)."
         ) from None
     return jobs
 
@@ -284,9 +306,13 @@ def _submit(executor, cells: Sequence[Cell], context: RunContext) -> list:
 def _wait(jobs: Sequence, options: SlurmOptions, progress: bool) -> None:
     """Return when every task has left the queue (or written its submitit result)."""
     pending = {job.job_id: job for job in jobs}
+    warned = False
     with tqdm(total=len(jobs), desc="slurm", unit="cell", disable=not progress) as bar:
         while pending:
             queued = _queued_tasks(list(pending))
+            if queued is None and not warned:
+                print("squeue does not answer; waiting for the tasks' result files meanwhile.", file=sys.stderr)
+                warned = True
             for job_id, job in list(pending.items()):
                 if job.paths.result_pickle.exists() or (queued is not None and job_id not in queued):
                     del pending[job_id]
@@ -360,7 +386,7 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
         arrays = sorted({job.job_id.split("_")[0] for job in jobs})
         what = "Resubmitted" if round_ else "Submitted"
         print(f"{what} {len(jobs)} cell(s) as SLURM job {', '.join(arrays)} "
-              f"(at most {min(len(jobs), options.array_parallelism)} at once); logs in {folder}/{arrays[0]}_*")
+              f"(at most {min(len(jobs), options.array_parallelism)} at once); logs in {folder}/{arrays[0]}*")
         try:
             _wait(jobs, options, context.progress)
         except KeyboardInterrupt:
