@@ -32,7 +32,7 @@ def train_steps(model, trainable, task, steps: int, lr: float | None = None) -> 
         loss = sum(model(task.images, task.sizes, task.prompt, task.targets).values())
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
