@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
+import torch
 
 from bench.errors import BenchError, UnknownNameError
 from bench.train.protocol import PROTOCOLS, Protocol, resolve_protocol
@@ -98,3 +100,19 @@ def test_max_steps_caps_the_budget_and_eval_interval_defaults_to_an_epoch():
 def test_registered_shapes_protocol_budget():
     shapes = resolve_protocol("shapes", "full")
     assert shapes.total_steps(50) == 150 and shapes.eval_interval(50) == 50
+
+
+def test_determinism_is_a_protocol_switch_that_turns_on_deterministic_kernels(monkeypatch):
+    from bench.train.loop import use_deterministic_kernels
+
+    assert PROTOCOLS.get("shapes").with_overrides({"deterministic": True}).deterministic is True
+    with pytest.raises(BenchError, match="deterministic must be bool"):
+        PROTOCOLS.get("shapes").with_overrides({"deterministic": "yes"})
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        use_deterministic_kernels()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before)

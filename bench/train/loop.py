@@ -8,6 +8,7 @@ restores the best weights. The test split is never seen here: the caller scores 
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ def autocast_for(device: torch.device, amp: str) -> tuple[Callable[[], AbstractC
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
+def use_deterministic_kernels() -> None:
+    """Only deterministic kernels from here on (cuBLAS needs its workspace setting for that)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 @dataclass
 class TrainingJob:
     """Everything one training run needs; ``val_set`` already carries the evaluation transform."""
@@ -82,6 +90,8 @@ def train(job: TrainingJob) -> TrainingOutcome:
     model, protocol = job.model, job.protocol
     device = next(model.parameters()).device
     autocast, scaler = autocast_for(device, protocol.amp)
+    if protocol.deterministic:
+        use_deterministic_kernels()
     best_path = job.work_dir / BEST_WEIGHTS
     optimizer = build_optimizer(model, job.trainable, job.method.config, protocol)
 

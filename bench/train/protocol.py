@@ -37,7 +37,8 @@ class Protocol:
     Optimiser (AdamW): each method's lr and weight decay (and, for full fine-tuning, its lower lr for
     the text encoder's own weights); biases get ``bias_lr_factor`` times the lr and no weight decay,
     as GLIP's optimiser does. ``amp``: ``auto`` is bf16 autocast on CUDA and
-    full precision on CPU.
+    full precision on CPU. ``deterministic``: deterministic kernels only (slower on GPU; an error
+    names any operation that has none), for runs that must repeat bit for bit on the same hardware.
     """
 
     name: str = "custom"
@@ -61,6 +62,7 @@ class Protocol:
     bias_lr_factor: float = 2.0
     amp: str = "auto"
     checkpoint_every: int = 50
+    deterministic: bool = False
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,6 +118,7 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
         or (number and isinstance(value, int) and kinds & {"int", "float"})
         or (number and isinstance(value, float) and "float" in kinds)
         or (isinstance(value, str) and "str" in kinds)
+        or (isinstance(value, bool) and "bool" in kinds)
         or (isinstance(value, tuple) and "tuple" in kinds and all(isinstance(v, (int, float)) for v in value))
     ):
         expected = str(annotation).replace(" | ", " or ")
