@@ -163,3 +163,9 @@ def test_a_tiny_sweep_runs_end_to_end_and_a_second_call_runs_nothing(sweep_args,
 def test_report_without_results_is_explained(capsys, tmp_path):
     assert main(["report", "--results", str(tmp_path / "results")]) == 2
     assert "No finished runs in" in error_of(capsys)
+
+
+def test_selecting_on_a_validation_split_that_is_the_test_split_is_refused(capsys):
+    assert main(["--methods", "sdpt", "--suite", "coco", "--data-root", "/nonexistent", "--protocol", "glip-odinw", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "same annotation file" in err and "selection=last" in err

@@ -90,6 +90,23 @@ def validate_request(request: SweepRequest) -> None:
         if shots is not None and shots < 1:
             raise BenchError(f"Shots must be positive integers or 'full'; got {shots}.")
         resolve_protocol(request.protocol, "full" if shots is None else str(shots), request.protocol_overrides)
+
+
+def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext) -> None:
+    """Choosing weights on a validation split that is the test split would leak test data into results."""
+    selections = {resolve_protocol(request.protocol, "full" if s is None else str(s), request.protocol_overrides).selection
+                  for s in request.shots}
+    if "best-val" not in selections:
+        return
+    shared = [spec.name for spec in specs if "val" in spec.splits and "test" in spec.splits
+              and spec.split_paths("val", context.data_root, context.cache_dir)[1]
+              == spec.split_paths("test", context.data_root, context.cache_dir)[1]]
+    if shared:
+        raise BenchError(
+            f"The validation and test splits of {', '.join(shared)} are the same annotation file, and protocol "
+            f"{request.protocol!r} selects weights on validation: that would choose them on test data. Use "
+            "--protocol-set selection=last (score the final weights of a fixed budget), or run those datasets separately."
+        )
     if request.weights is not None and not Path(request.weights).is_file():
         raise BenchError(
             f"The weights file {request.weights} does not exist. Pass --weights the path of the model's checkpoint "
@@ -102,6 +119,7 @@ def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | No
     validate_request(request)
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
+    refuse_selection_on_test(request, specs, context)
     require_data(specs, context.data_root, cache_root=context.cache_dir)
     cache = FingerprintCache(context.results / "runs" / "fingerprints.json")
     data = {

@@ -148,7 +148,12 @@ def training_loader(
         images, targets, positions = zip(*items)
         padded, sizes = pad_batch(list(images), inputs.size_divisibility)
         image_prompts = [prompts.for_image(t["labels"], random.Random(f"{seed}:prompt:{g}")) for t, g in zip(targets, positions)]
-        return TrainingBatch(padded, sizes, list(targets), image_prompts)
+        # A chunked caption names at most chunk_size classes: boxes of classes it leaves out are dropped, as GLIP does.
+        kept = []
+        for target, prompt in zip(targets, image_prompts):
+            named = torch.tensor([int(label) in prompt.label_to_tokens for label in target["labels"]], dtype=torch.bool)
+            kept.append({"boxes": target["boxes"][named], "labels": target["labels"][named]})
+        return TrainingBatch(padded, sizes, kept, image_prompts)
 
     loader = DataLoader(
         stream,

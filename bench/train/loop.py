@@ -184,11 +184,12 @@ def train(job: TrainingJob) -> TrainingOutcome:
             counters["eval_seconds"] += len(job.val_set) / speed
             counters["eval_images"] += len(job.val_set)
             counters["last_val"] = metrics
-            if schedule.observe(metrics.get(SELECTION_METRIC, float("nan"))):
+            improved = schedule.observe(metrics.get(SELECTION_METRIC, float("nan")))
+            if improved and protocol.selection == "best-val":
                 counters["best_step"], counters["best_val"] = step, metrics
                 if group.is_main:
                     save_tuned(best_path, model, job.method, job.trainable)
-            counters["stopped_early"] = schedule.should_stop()
+            counters["stopped_early"] = protocol.selection == "best-val" and schedule.should_stop()
             set_training_modes(model)
             checkpoint()
         elif step % protocol.checkpoint_every == 0:
@@ -200,7 +201,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
         with torch.no_grad():
             for name, parameter in job.trainable.items():
                 parameter.copy_(best[name])
-    else:  # no validation score was ever defined (NaN throughout): the final weights are the selection
+    else:  # selection "last", or no validation score was ever defined: the final weights are the selection
         counters["best_step"], counters["best_val"] = counters["step"], counters["last_val"]
     model.eval()
     return TrainingOutcome(

@@ -17,6 +17,7 @@ from bench.errors import BenchError
 from bench.registry import Registry
 
 SCHEDULES = ("plateau", "step", "cosine", "constant")
+SELECTIONS = ("best-val", "last")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 
@@ -39,6 +40,9 @@ class Protocol:
     as GLIP's optimiser does. ``amp``: ``auto`` is bf16 autocast on CUDA and
     full precision on CPU. ``deterministic``: deterministic kernels only (slower on GPU; an error
     names any operation that has none), for runs that must repeat bit for bit on the same hardware.
+    ``selection``: ``best-val`` scores the weights that did best on the validation split; ``last``
+    scores the final weights (no early stop), for datasets whose only labelled held-out split is
+    the test split (COCO val2017, LVIS minival), where choosing on it would leak test data.
     """
 
     name: str = "custom"
@@ -63,11 +67,14 @@ class Protocol:
     amp: str = "auto"
     checkpoint_every: int = 50
     deterministic: bool = False
+    selection: str = "best-val"
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise BenchError(f"Protocol {self.name!r}: unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+        if self.selection not in SELECTIONS:
+            raise BenchError(f"Protocol {self.name!r}: unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}.")
         if self.amp not in AMP_MODES:
             raise BenchError(f"Protocol {self.name!r}: unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}.")
         for name in ("batch_size", "grad_accumulation", "epochs", "copies", "eval_batch_size", "checkpoint_every", "max_steps", "eval_every"):
@@ -173,6 +180,7 @@ register_protocol(
         eval_every=100,
         terminate_patience=None,
         eval_batch_size=4,
+        selection="last",
     )
 )
 
