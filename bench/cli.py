@@ -5,13 +5,17 @@ every (method x dataset x shots x seed) cell, skips the cells with a stored resu
 here (``--executor local``) or as one SLURM job array (``--executor slurm``), and writes the
 leaderboard of the sweep under ``--results``. ``run_bench.py report`` rebuilds the leaderboards
 from every stored result. ``--list`` shows what is registered, ``--check-data`` validates data,
-``--dry-run`` prints the cells and which are done.
+``--dry-run`` prints the cells and which are done. With no arguments at all it runs the default
+benchmark, :func:`default_arguments`: pre-trained glip-nano tuned by the main methods on the
+synthetic ``shapes-odinw`` suite, minutes on a laptop CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +29,18 @@ from bench.train.protocol import PROTOCOLS
 from bench.tuning.base import METHODS
 
 EXECUTORS = ("local", "slurm")
+# The default benchmark's methods: one of each family (none, head only, text prompts, image prompts,
+# coupled prompts, fusion-space prototypes, low-rank updates, everything).
+DEFAULT_METHODS = ("zero-shot", "linear-probe", "glip-prompt", "coop", "vpt", "maple", "sdpt", "lora", "full")
+MAX_DEFAULT_JOBS = 8
+
+
+def default_arguments() -> list[str]:
+    """What ``python run_bench.py`` without arguments runs: every default method on shapes-odinw with
+    glip-nano's packaged weights under the ``shapes`` protocol, one single-threaded cell per CPU core."""
+    jobs = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS))
+    return ["--model", "glip-nano", "--suite", "shapes-odinw", "--methods", ",".join(DEFAULT_METHODS),
+            "--protocol", "shapes", "--jobs", str(jobs)]
 
 
 def _csv(value: str) -> list[str]:
@@ -102,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--executor", choices=EXECUTORS, default="local", help="run here, or as a SLURM job array (default: local)")
     how.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     how.add_argument("--workers", type=int, default=0, help="data-loader worker processes per run (default: 0)")
+    how.add_argument("--jobs", type=int, default=1,
+                     help="local executor: cells run at once, each in its own process; on a CPU the cores are "
+                          "shared out evenly (default: 1)")
     how.add_argument("--dry-run", action="store_true", help="print the cells and which are done; run nothing")
     how.add_argument("--force", action="store_true", help="run cells again even when a result is stored")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -195,6 +214,8 @@ def print_plan(cells: Sequence[Cell], todo: Sequence[Cell]) -> None:
 
 
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise BenchError(f"--jobs {args.jobs}: the number of cells run at once must be at least 1.")
     request = sweep_request(catalog, args)
     context = RunContext(
         results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
@@ -209,7 +230,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     if args.executor == "local":
         from bench.launch.local import run_local
 
-        failed = run_local(todo, context).failed
+        failed = run_local(todo, context, jobs=args.jobs).failed
     else:
         from bench.launch.slurm import SlurmOptions, run_slurm
 
@@ -258,6 +279,9 @@ def report_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = default_arguments()
+        print(f"No arguments: running the default benchmark, python run_bench.py {shlex.join(argv)}", flush=True)
     try:
         if argv[:1] == ["report"]:
             return report_main(argv[1:])

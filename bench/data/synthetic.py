@@ -417,8 +417,23 @@ _add(ShapesWorldConfig("shapes-odinw/sizes", seed=16, splits=_ODINW_SPLITS, obje
                        shapes=("circle", "triangle", "hexagon"), size_words=True, backgrounds=("plain", "noise")),
      "size words: small and large variants of known shapes are different categories")
 
+# The pre-training corpus of glip-nano (bench/pretrain): the base vocabulary only (6 shapes, 6 colours,
+# 2 size words) on plain and noisy backgrounds, in three naming schemes so that shape, colour and
+# size words are each grounded. Everything the shapes-odinw suite adds stays out: its new colour and
+# shape words, greyscale, dense tiny objects, clutter, stripes and gradients.
+_PRETRAIN_SPLITS = (("train", 2000), ("val", 40), ("test", 40))
+_PRETRAIN_COMMON = dict(splits=_PRETRAIN_SPLITS, objects_per_image=(1, 6), object_size=(10, 56),
+                        backgrounds=("plain", "noise"))
+_add(ShapesWorldConfig("shapes-pretrain/shapes", seed=21, **_PRETRAIN_COMMON),
+     "pre-training: the 6 base shapes named by shape, painted in the 6 base colours")
+_add(ShapesWorldConfig("shapes-pretrain/colours", seed=22, scheme="colour-shape", **_PRETRAIN_COMMON),
+     "pre-training: 36 colour+shape phrases over the base shapes and colours")
+_add(ShapesWorldConfig("shapes-pretrain/sizes", seed=23, size_words=True, **_PRETRAIN_COMMON),
+     "pre-training: small and large variants of the base shapes")
+
 PRESETS: dict[str, ShapesWorldConfig] = {entry.name: entry.obj for entry in PRESET_REGISTRY}
 SHAPES_ODINW: tuple[str, ...] = tuple(name for name in PRESETS if name.startswith("shapes-odinw/"))
+SHAPES_PRETRAIN: tuple[str, ...] = tuple(name for name in PRESETS if name.startswith("shapes-pretrain/"))
 
 
 def preset(name: str) -> ShapesWorldConfig:

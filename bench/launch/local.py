@@ -1,12 +1,19 @@
-"""The local executor: run cells one after another in this process.
+"""The local executor: run cells on this machine, one after another or several at once.
 
 A failing cell is recorded in the store's ``failed/`` folder and the sweep goes on; Ctrl-C stops the
-sweep, and the interrupted cell resumes from its last checkpoint next time.
+sweep, and interrupted cells resume from their last checkpoint next time. With ``jobs > 1`` cells
+run in that many worker processes (``concurrent.futures`` with the spawn start method), and on a
+CPU the cores are shared out evenly: small models use cores better as several single-threaded
+processes than as one multi-threaded one (glip-nano: about 1.5x the throughput on 2 cores).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,6 +29,18 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
+    def add(self, cell: Cell, reason: str | None) -> None:
+        if reason is None:
+            self.finished.append(cell.key)
+        else:
+            self.failed[cell.key] = reason
+            print(f"FAILED {cell_label(cell)}: {reason}", file=sys.stderr)
+
+
+def cell_label(cell: Cell) -> str:
+    s = cell.spec
+    return f"{s.method_label} on {s.dataset} (shots {s.shots_label}, seed {s.train_seed})"
+
 
 def run_cell_recording_failure(cell: Cell, context: RunContext) -> str | None:
     """Run ``cell``; on an error store it as the cell's failure and return it as text instead of raising."""
@@ -35,14 +54,34 @@ def run_cell_recording_failure(cell: Cell, context: RunContext) -> str | None:
         return f"{type(error).__name__}: {error}"
 
 
-def run_local(cells: Sequence[Cell], context: RunContext) -> SweepOutcome:
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_local(cells: Sequence[Cell], context: RunContext, jobs: int = 1) -> SweepOutcome:
+    """Run ``cells`` here, ``jobs`` at a time (per-step progress bars only when one runs at a time)."""
     outcome = SweepOutcome()
-    for cell in tqdm(cells, desc="sweep", unit="cell", disable=not context.progress):
-        label = f"{cell.spec.method_label} on {cell.spec.dataset} (shots {cell.spec.shots_label}, seed {cell.spec.train_seed})"
-        reason = run_cell_recording_failure(cell, context)
-        if reason is None:
-            outcome.finished.append(cell.key)
-        else:
-            outcome.failed[cell.key] = reason
-            print(f"FAILED {label}: {reason}", file=sys.stderr)
+    bar = tqdm(total=len(cells), desc="sweep", unit="cell", disable=not context.progress)
+    if jobs <= 1 or len(cells) <= 1:
+        for cell in cells:
+            outcome.add(cell, run_cell_recording_failure(cell, context))
+            bar.update(1)
+        bar.close()
+        return outcome
+    quiet = dataclasses.replace(context, progress=False)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_limit_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_cell_recording_failure, cell, quiet): cell for cell in cells}
+        try:
+            for future in as_completed(futures):
+                outcome.add(futures[future], future.result())
+                bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
     return outcome

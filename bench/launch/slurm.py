@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError
-from bench.launch.local import SweepOutcome, run_cell_recording_failure
+from bench.launch.local import SweepOutcome, cell_label, run_cell_recording_failure
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
 
@@ -358,11 +358,6 @@ def _job_context(context: RunContext) -> RunContext:
     )
 
 
-def _label(cell: Cell) -> str:
-    s = cell.spec
-    return f"{s.method_label} on {s.dataset} (shots {s.shots_label}, seed {s.train_seed})"
-
-
 def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions) -> SweepOutcome:
     """Run ``cells`` as one SLURM job array and wait for it; read the outcome from the run store.
 
@@ -408,5 +403,5 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
         outcome.failed[cell.key] = reasons[cell.key]
     for cell in cells:
         if cell.key in outcome.failed:
-            print(f"FAILED {_label(cell)}: {outcome.failed[cell.key]}", file=sys.stderr)
+            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}", file=sys.stderr)
     return outcome

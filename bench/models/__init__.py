@@ -3,9 +3,13 @@
 ``MODELS`` maps a model name (``glip-t``...) to a factory ``(weights=..., tokenizer=...) -> detector``.
 """
 
+from pathlib import Path
+
 from bench.registry import Registry
 
 MODELS: Registry = Registry("model")
+# Weights shipped with the project, used when a sweep names no --weights (model name -> file).
+PACKAGED_WEIGHTS: dict[str, Path] = {}
 
 # Importing a backend registers its models.
 from bench.models.glip import model as _glip  # noqa: E402,F401

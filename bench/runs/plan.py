@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
 from bench.errors import BenchError
-from bench.models import MODELS
+from bench.models import MODELS, PACKAGED_WEIGHTS
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
 from bench.runs.record import RunSpec
 from bench.runs.store import RunStore
@@ -107,11 +107,20 @@ def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec]
             f"{request.protocol!r} selects weights on validation: that would choose them on test data. Use "
             "--protocol-set selection=last (score the final weights of a fixed budget), or run those datasets separately."
         )
-    if request.weights is not None and not Path(request.weights).is_file():
+
+
+def resolve_weights(request: SweepRequest) -> str | None:
+    """The weights file of the request: ``--weights``, else the model's packaged weights, else None (random)."""
+    path = request.weights or PACKAGED_WEIGHTS.get(request.model)
+    if path is None:
+        return None
+    if not Path(path).is_file():
         raise BenchError(
-            f"The weights file {request.weights} does not exist. Pass --weights the path of the model's checkpoint "
-            "(e.g. glip_tiny_model_o365_goldg.pth from the GLIP model zoo); README.md says where to get it."
+            f"The weights file {path} does not exist. Pass --weights the path of the model's checkpoint "
+            "(e.g. glip_tiny_model_o365_goldg.pth from the GLIP model zoo); README.md says where to get it. "
+            "glip-nano's packaged weights are made by `python -m bench.pretrain`."
         )
+    return str(Path(path).resolve())
 
 
 def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None) -> list[Cell]:
@@ -128,7 +137,7 @@ def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | No
         )
         for spec in specs
     }
-    weights = str(Path(request.weights).resolve()) if request.weights else None
+    weights = resolve_weights(request)
     weights_digest = weights_fingerprint(weights, cache)
     cache.save()
     cells = []

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from bench.errors import BenchError
@@ -48,13 +50,18 @@ class LoadReport:
 
 
 def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict of an official checkpoint (or of a plain state-dict file), ``module.`` stripped."""
+    """The state dict of an official checkpoint (or of a plain state-dict or ``.safetensors`` file), ``module.`` stripped."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(
             f"Checkpoint {path} does not exist. Download the GLIP weights (e.g. glip_tiny_model_o365_goldg.pth "
             "from the GLIPModel/GLIP repository on the Hugging Face Hub) and pass the file with --weights."
         )
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise BenchError(f"Checkpoint {path} cannot be read ({err}); the file is truncated or not a safetensors file.") from None
     try:
         raw = torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
     except pickle.UnpicklingError as err:

@@ -32,15 +32,20 @@ class Conv3x3Norm(nn.Module):
     ``forward(x [B, C, H, W], offset [B, 18, H', W'], mask [B, 9, H', W'])`` -> ``[B, C, H', W']``
     with ``H' = ceil(H / stride)``. Runs in float32 like the official op (``custom_fwd(cast_inputs=
     float32)``); ``torchvision.ops.deform_conv2d`` has the same offset layout and zero-outside
-    bilinear sampling as GLIP's CUDA kernel.
+    bilinear sampling as GLIP's CUDA kernel. With ``deformable=False`` (GLIP's ``USE_DFCONV False``)
+    the convolution is a plain 3x3 ``Conv2d`` under the same parameter names, and ``offset`` and
+    ``mask`` are None: on a CPU the deformable backward costs most of a small model's step.
     """
 
-    def __init__(self, channels: int, stride: int, gn_groups: int) -> None:
+    def __init__(self, channels: int, stride: int, gn_groups: int, deformable: bool = True) -> None:
         super().__init__()
-        self.conv = DeformConv2d(channels, channels, kernel_size=3, stride=stride, padding=1)
+        conv = DeformConv2d if deformable else nn.Conv2d
+        self.conv = conv(channels, channels, kernel_size=3, stride=stride, padding=1)
         self.bn = nn.GroupNorm(gn_groups, channels)
 
-    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        if offset is None:
+            return self.bn(self.conv(x))
         dtype = torch.promote_types(self.conv.weight.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             return self.bn(self.conv(x.to(dtype), offset.to(dtype), mask.to(dtype)))
@@ -87,27 +92,32 @@ class DyConv(nn.Module):
 
     ``forward(visual, text)``: ``visual`` is a list of ``[B, C, H_l, W_l]`` maps, each level half the
     size (rounded up) of the previous one, as after padding to /32; returns maps of the same shapes.
-    ``text`` passes through unchanged.
+    ``text`` passes through unchanged. Without deformable convolutions there is no ``offset`` layer.
     """
 
-    def __init__(self, channels: int, gn_groups: int) -> None:
+    def __init__(self, channels: int, gn_groups: int, deformable: bool = True) -> None:
         super().__init__()
         # Index = official position: 0 for the coarser level, 1 for the same level, 2 (stride 2) for the finer one.
-        self.DyConv = nn.ModuleList([Conv3x3Norm(channels, stride, gn_groups) for stride in (1, 1, 2)])
+        self.DyConv = nn.ModuleList([Conv3x3Norm(channels, stride, gn_groups, deformable) for stride in (1, 1, 2)])
         self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, kernel_size=1), nn.ReLU())
         self.relu = DyReLU(channels)
-        self.offset = nn.Conv2d(channels, OFFSET_CHANNELS + MASK_CHANNELS, kernel_size=3, padding=1)
+        self.offset = (nn.Conv2d(channels, OFFSET_CHANNELS + MASK_CHANNELS, kernel_size=3, padding=1)
+                       if deformable else None)
 
     def _level(self, visual: list[torch.Tensor], level: int) -> torch.Tensor:
         feature = visual[level]
-        offset_mask = self.offset(feature)  # predicted from the CURRENT level, shared by all terms
-        offset, mask = offset_mask[:, :OFFSET_CHANNELS], offset_mask[:, OFFSET_CHANNELS:].sigmoid()
+        offset = mask = coarse_offset = coarse_mask = None
+        if self.offset is not None:
+            offset_mask = self.offset(feature)  # predicted from the CURRENT level, shared by all terms
+            offset, mask = offset_mask[:, :OFFSET_CHANNELS], offset_mask[:, OFFSET_CHANNELS:].sigmoid()
         terms = [self.DyConv[1](feature, offset, mask)]
         if level > 0:
             terms.append(self.DyConv[2](visual[level - 1], offset, mask))
         if level < len(visual) - 1:
             coarser = visual[level + 1]
-            coarse = self.DyConv[0](coarser, *reinterpret_offsets(offset, mask, *coarser.shape[-2:]))
+            if offset is not None:
+                coarse_offset, coarse_mask = reinterpret_offsets(offset, mask, *coarser.shape[-2:])
+            coarse = self.DyConv[0](coarser, coarse_offset, coarse_mask)
             # F.upsample_bilinear in the official code, i.e. align_corners=True [Q].
             terms.append(F.interpolate(coarse, size=feature.shape[-2:], mode="bilinear", align_corners=True))
         # DyFuse: scale attention per term, then the mean over the 2 or 3 terms.

@@ -67,6 +67,6 @@ def build_dyhead_tower(config: GlipConfig) -> DyHeadTower:
         modules += [
             VLFuse(config),
             BertEncoderLayer(config.text),
-            DyConv(config.dyhead.channels, config.dyhead.gn_groups),
+            DyConv(config.dyhead.channels, config.dyhead.gn_groups, config.dyhead.deformable),
         ]
     return DyHeadTower(modules)
