@@ -38,7 +38,7 @@ def tiny_request(
     protocol_overrides: dict[str, Any] | None = None,
     **fields: Any,
 ) -> SweepRequest:
-    """A sweep of ``glip-nano`` (random weights) under the ``shapes`` protocol cut to a few steps."""
+    """A sweep of ``glip-nano`` (its packaged pre-trained weights) under the ``shapes`` protocol cut to a few steps."""
     return SweepRequest(
         model=MODEL,
         methods=list(methods),

@@ -1,7 +1,7 @@
 """The SLURM executor end to end, on a real cluster (e.g. ``scripts/local_slurm.sh start DIR``).
 
 Skipped, with the reason, when no controller is reachable; failed instead with BENCH_REQUIRE_SLURM=1
-(see ``tests/slurm_support.py``). Every cell runs ``glip-nano`` (random weights) on a copy of
+(see ``tests/slurm_support.py``). Every cell runs ``glip-nano`` (packaged weights) on a copy of
 shapes-colours whose val and test splits are cut to a few images, because on CPU evaluation is most
 of a cell's time.
 

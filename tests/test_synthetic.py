@@ -18,6 +18,7 @@ from PIL import Image
 from bench.data.synthetic import (
     PRESETS,
     SHAPES_ODINW,
+    SHAPES_PRETRAIN,
     ShapesWorldConfig,
     generate,
     preset,
@@ -42,9 +43,11 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
-    """Every preset, generated once for the structural checks."""
+    """Every preset, generated once for the structural checks (the pre-training corpus cut to 30 images a split)."""
     root = tmp_path_factory.mktemp("worlds")
-    return {name: generate(config, root / name) for name, config in PRESETS.items()}
+    small = {name: dataclasses.replace(PRESETS[name], splits=tuple((split, 30) for split, _ in PRESETS[name].splits))
+             for name in SHAPES_PRETRAIN}
+    return {name: generate(small.get(name, config), root / name) for name, config in PRESETS.items()}
 
 
 def test_200_image_preset_generates_every_image_and_file(tmp_path: Path) -> None:
@@ -291,3 +294,17 @@ def test_generated_files_pass_the_coco_loader(worlds: dict[str, dict[str, Path]]
         for path in paths.values():
             annotations = load_coco(path)
             assert not annotations.skipped_annotations
+
+
+def test_pretraining_corpus_leaves_out_the_downstream_shifts() -> None:
+    corpus = [preset(name) for name in SHAPES_PRETRAIN]
+    corpus_words = {word for config in corpus for c in config.categories() for word in c.name.split()}
+    painted = {colour for config in corpus for colour in config.colours}
+    held_out = {"shapes-odinw/colours": preset("shapes-odinw/colours").colours,
+                "shapes-odinw/clutter": preset("shapes-odinw/clutter").shapes,
+                "shapes-odinw/textures": preset("shapes-odinw/textures").shapes}
+    for name, words in held_out.items():
+        assert not set(words) & (corpus_words | painted), f"{name}'s new words appear in the corpus"
+    assert {b for config in corpus for b in config.backgrounds} == {"plain", "noise"}
+    assert not any(config.greyscale for config in corpus)
+    assert min(config.object_size[0] for config in corpus) > preset("shapes-odinw/dense").object_size[0]

@@ -26,7 +26,7 @@ from bench.catalog import Catalog
 from bench.errors import BenchError
 from bench.models import MODELS
 from bench.models.glip.model import NANO_WEIGHTS
-from bench.pretrain.card import test_ap, write_card
+from bench.pretrain.card import split_ap, write_card
 from bench.pretrain.corpus import CORPUS_SUITE, DOWNSTREAM_SUITE, open_corpus
 from bench.pretrain.loop import PretrainConfig, pretrain
 
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
         "torch": torch.__version__,
         "weights_sha256": sha256(weights),
         "loss_log": log,
-        "corpus_test_ap": test_ap(model, catalog, CORPUS_SUITE, args.cache_dir),
-        "zero_shot_test_ap": test_ap(model, catalog, DOWNSTREAM_SUITE, args.cache_dir),
+        "corpus_test_ap": split_ap(model, catalog.resolve(CORPUS_SUITE, []), args.cache_dir),
+        "zero_shot_test_ap": split_ap(model, catalog.resolve(DOWNSTREAM_SUITE, []), args.cache_dir),
     }
     return write_card(args.out, record)
 

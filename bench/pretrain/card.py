@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from bench.catalog import Catalog, open_split, require_data
+from bench.catalog import DatasetSpec, open_split, require_data
 from bench.models.base import DetectorBase
 from bench.train.evaluate import evaluate, evaluation_dataset
 
+RECORD_FILE = "pretraining.json"
+CARD_FILE = "MODEL_CARD.md"
 
-def test_ap(model: DetectorBase, catalog: Catalog, suite: str, cache_dir: Path | None, *, split: str = "test",
-            batch_size: int = 8) -> dict[str, float]:
-    """COCO AP (0-100) of ``model`` as it is on ``split`` of every dataset of ``suite``."""
-    specs = catalog.resolve(suite, [])
+
+def split_ap(model: DetectorBase, specs: Sequence[DatasetSpec], cache_dir: Path | None, *, split: str = "test",
+             batch_size: int = 8) -> dict[str, float]:
+    """COCO AP (0-100, two decimals) of ``model`` as it is on ``split`` of each dataset."""
     require_data(specs, None, cache_root=cache_dir)
     model.eval()
     scores = {}
@@ -36,10 +38,17 @@ def _table(scores: dict[str, float]) -> str:
 
 def write_card(out_dir: Path, record: dict[str, Any]) -> Path:
     """Write ``pretraining.json`` (the record) and ``MODEL_CARD.md`` (the same facts, for people)."""
-    (out_dir / "pretraining.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    path = out_dir / CARD_FILE
+    path.write_text(render_card(record), encoding="utf-8")
+    return path
+
+
+def render_card(record: dict[str, Any]) -> str:
+    """The model card's markdown for a pre-training record."""
     config = record["config"]
     first, last = record["loss_log"][0], record["loss_log"][-1]
-    card = f"""# glip-nano model card
+    return f"""# glip-nano model card
 
 A GLIP of {record["parameters"] / 1e6:.2f}M parameters (`bench/models/glip/config.py` `GLIP_NANO`: the
 GLIP-T code with every dimension reduced and plain instead of deformable DyHead convolutions),
@@ -74,6 +83,3 @@ On held-out test images of its own corpus:
 
 {_table(record["corpus_test_ap"])}
 """
-    path = out_dir / "MODEL_CARD.md"
-    path.write_text(card, encoding="utf-8")
-    return path

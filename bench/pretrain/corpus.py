@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.catalog import Catalog, DatasetSpec, open_split, require_data
+from bench.catalog import Catalog, open_split, require_data
 from bench.data.dataset import DetectionDataset
 from bench.train.batches import TrainingPrompts, trainable_images
 
@@ -24,7 +24,7 @@ DOWNSTREAM_SUITE = "shapes-odinw"
 class CorpusPart:
     """One naming scheme of the corpus: its training images and how their captions are drawn."""
 
-    spec: DatasetSpec
+    name: str
     train: DetectionDataset
     prompts: TrainingPrompts
 
@@ -37,5 +37,5 @@ def open_corpus(catalog: Catalog, tokenizer, text_slots: int, cache_dir: Path | 
     for spec in specs:
         split = open_split(spec, "train", None, cache_root=cache_dir)
         train = DetectionDataset(split.annotations, split.image_dir, image_ids=trainable_images(split))
-        parts.append(CorpusPart(spec, train, TrainingPrompts(train.prompt_classes(), tokenizer, text_slots, spec.chunk_size)))
+        parts.append(CorpusPart(spec.name, train, TrainingPrompts(train.prompt_classes(), tokenizer, text_slots, spec.chunk_size)))
     return parts

@@ -82,10 +82,10 @@ def pretrain(model: DetectorBase, parts: list[CorpusPart], config: PretrainConfi
         batch = next(streams[part])
         losses = model(batch.images, batch.sizes, batch.prompts, batch.targets)
         loss = sum(losses.values())
-        value = float(loss.detach())
-        if not math.isfinite(value):
+        total = float(loss.detach())
+        if not math.isfinite(total):
             raise BenchError(
-                f"Pre-training diverged at step {step} (loss {value}, batch from {parts[part].spec.name}). "
+                f"Pre-training diverged at step {step} (loss {total}, batch from {parts[part].name}). "
                 f"Lower --lr (now {config.lr}) or lengthen --warmup-steps (now {config.warmup_steps})."
             )
         loss.backward()
@@ -94,7 +94,7 @@ def pretrain(model: DetectorBase, parts: list[CorpusPart], config: PretrainConfi
         optimizer.zero_grad(set_to_none=True)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
-        sums["loss"] = sums.get("loss", 0.0) + value
+        sums["loss"] = sums.get("loss", 0.0) + total
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             count = (step % config.log_every) + 1
             entry = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], **{k: v / count for k, v in sums.items()}}
