@@ -26,7 +26,7 @@ from tests.run_support import synthetic_cache
 
 RECORD = json.loads((NANO_WEIGHTS.parent / RECORD_FILE).read_text(encoding="utf-8"))
 CHECKED_DATASET = "shapes-sizes"
-AP_TOLERANCE = 0.1  # AP points: the record keeps two decimals; summation order may differ across thread counts
+AP_TOLERANCE = 0.1  # AP in percent: the record keeps two decimals; summation order may differ across thread counts
 
 
 def test_glip_nano_uses_its_packaged_weights_by_default():

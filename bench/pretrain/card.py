@@ -20,20 +20,20 @@ CARD_FILE = "MODEL_CARD.md"
 
 def split_ap(model: DetectorBase, specs: Sequence[DatasetSpec], cache_dir: Path | None, *, split: str = "test",
              batch_size: int = 8) -> dict[str, float]:
-    """COCO AP (0-100, two decimals) of ``model`` as it is on ``split`` of each dataset."""
+    """COCO AP in percent (two decimals) of ``model`` as it is on ``split`` of each dataset."""
     require_data(specs, None, cache_root=cache_dir)
     model.eval()
     scores = {}
     for spec in specs:
         dataset = evaluation_dataset(open_split(spec, split, None, cache_root=cache_dir), model)
-        scores[spec.name] = round(evaluate(model, dataset, spec, batch_size=batch_size).metrics["AP"], 2)
+        scores[spec.name] = round(100 * evaluate(model, dataset, spec, batch_size=batch_size).metrics["AP"], 2)
     return scores
 
 
 def _table(scores: dict[str, float]) -> str:
     rows = [f"| {name} | {ap:.1f} |" for name, ap in scores.items()]
     mean = sum(scores.values()) / len(scores)
-    return "\n".join(["| dataset | AP |", "|---|---|", *rows, f"| **mean** | **{mean:.1f}** |"])
+    return "\n".join(["| dataset | AP (%) |", "|---|---|", *rows, f"| **mean** | **{mean:.1f}** |"])
 
 
 def write_card(out_dir: Path, record: dict[str, Any]) -> Path:
