@@ -16,7 +16,7 @@ from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
 from bench.errors import BenchError
 from bench.models import MODELS, PACKAGED_WEIGHTS
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
-from bench.runs.record import RunSpec
+from bench.runs.record import RunSpec, shots_label
 from bench.runs.store import RunStore
 from bench.train.protocol import PROTOCOLS, resolve_protocol
 from bench.tuning.base import METHODS, build_method
@@ -89,12 +89,12 @@ def validate_request(request: SweepRequest) -> None:
     for shots in request.shots:
         if shots is not None and shots < 1:
             raise BenchError(f"Shots must be positive integers or 'full'; got {shots}.")
-        resolve_protocol(request.protocol, "full" if shots is None else str(shots), request.protocol_overrides)
+        resolve_protocol(request.protocol, shots_label(shots), request.protocol_overrides)
 
 
 def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext) -> None:
     """Choosing weights on a validation split that is the test split would leak test data into results."""
-    selections = {resolve_protocol(request.protocol, "full" if s is None else str(s), request.protocol_overrides).selection
+    selections = {resolve_protocol(request.protocol, shots_label(s), request.protocol_overrides).selection
                   for s in request.shots}
     if "best-val" not in selections:
         return

@@ -27,6 +27,11 @@ RECORD_FORMAT = 1
 FULL_DATA = "full"
 
 
+def shots_label(shots: int | None) -> str:
+    """``"full"`` for the whole training split, else the number of shots as text."""
+    return FULL_DATA if shots is None else str(shots)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One cell of a sweep.
@@ -51,7 +56,7 @@ class RunSpec:
     @property
     def shots_label(self) -> str:
         """``"full"`` or the number of shots as text (tables and file names)."""
-        return FULL_DATA if self.shots is None else str(self.shots)
+        return shots_label(self.shots)
 
     @property
     def method_label(self) -> str:
