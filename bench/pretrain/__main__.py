@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ from bench.models.base import DetectorBase
 from bench.pretrain.card import RECORD_FILE, split_ap, write_card
 from bench.pretrain.corpus import CORPUS_SUITE, DOWNSTREAM_SUITE, open_corpus
 from bench.pretrain.loop import PretrainConfig, pretrain
+from bench.runs.fingerprint import file_sha256
 
 MODEL = "glip-nano"
 
@@ -50,14 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rescore", action="store_true",
                         help="do not train: score the weights in --out again and rewrite its record and card")
     return parser
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
@@ -86,7 +78,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
         "threads": args.threads,
         "device": f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
-        "weights_sha256": sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "loss_log": log,
     }
     return write_card(args.out, {**record, **scores(model, catalog, args.cache_dir)})
@@ -104,7 +96,7 @@ def rescore(args: argparse.Namespace) -> Path:
         record = json.loads((args.out / RECORD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise BenchError(f"--rescore needs the record of an earlier run in {args.out} ({err}); run without --rescore to make one.") from None
-    if not weights.is_file() or sha256(weights) != record["weights_sha256"]:
+    if not weights.is_file() or file_sha256(weights) != record["weights_sha256"]:
         raise BenchError(f"{weights} is missing or is not the file {args.out / RECORD_FILE} describes; pre-train again.")
     torch.set_num_threads(args.threads)
     model = MODELS.get(MODEL)(weights=weights)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.catalog import Catalog, open_split, require_data
 from bench.data.dataset import DetectionDataset
-from bench.train.batches import TrainingPrompts, trainable_images
+from bench.train.batches import TrainingPrompts, training_subset
 
 CORPUS_SUITE = "shapes-pretrain"
 DOWNSTREAM_SUITE = "shapes-odinw"
@@ -35,7 +35,6 @@ def open_corpus(catalog: Catalog, tokenizer, text_slots: int, cache_dir: Path | 
     require_data(specs, None, cache_root=cache_dir)
     parts = []
     for spec in specs:
-        split = open_split(spec, "train", None, cache_root=cache_dir)
-        train = DetectionDataset(split.annotations, split.image_dir, image_ids=trainable_images(split))
+        train = training_subset(open_split(spec, "train", None, cache_root=cache_dir))
         parts.append(CorpusPart(spec.name, train, TrainingPrompts(train.prompt_classes(), tokenizer, text_slots, spec.chunk_size)))
     return parts

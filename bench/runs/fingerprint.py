@@ -18,6 +18,15 @@ from bench.runs.store import write_atomically
 CHUNK = 1 << 20
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (checkpoints are gigabytes)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 class FingerprintCache:
     """SHA-256 digests of files, remembered in ``path`` (a JSON file) across runs and processes."""
 
@@ -40,11 +49,7 @@ class FingerprintCache:
         entry = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
         digests = self._load()
         if entry not in digests:
-            sha = hashlib.sha256()
-            with open(path, "rb") as f:
-                while block := f.read(CHUNK):
-                    sha.update(block)
-            digests[entry] = sha.hexdigest()
+            digests[entry] = file_sha256(path)
             self._dirty = True
         return digests[entry]
 

@@ -169,3 +169,9 @@ def trainable_images(dataset: DetectionDataset) -> list[int]:
     """Image ids with at least one non-crowd box (GLIP drops the others from training)."""
     by_image = dataset.annotations.annotations_by_image
     return [i for i in dataset.image_ids if any(not a["iscrowd"] for a in by_image[i])]
+
+
+def training_subset(dataset: DetectionDataset) -> DetectionDataset:
+    """The same split restricted to :func:`trainable_images`."""
+    return DetectionDataset(dataset.annotations, dataset.image_dir, caption_prompts=dataset.caption_prompts,
+                            image_ids=trainable_images(dataset))

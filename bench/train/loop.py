@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from bench.catalog import DatasetSpec
 from bench.data.dataset import DetectionDataset
 from bench.models.base import DetectorBase
-from bench.train.batches import TrainingPrompts, trainable_images, training_loader
+from bench.train.batches import TrainingPrompts, training_loader, training_subset
 from bench.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from bench.train.distributed import ProcessGroup
 from bench.train.evaluate import evaluate
@@ -110,11 +110,9 @@ def train(job: TrainingJob) -> TrainingOutcome:
         metrics, eval_speed = validate(0)
         return TrainingOutcome(0, metrics, 0, False, 0.0, eval_speed)
 
-    images = trainable_images(job.train_set)
-    train_set = DetectionDataset(job.train_set.annotations, job.train_set.image_dir,
-                                 caption_prompts=job.train_set.caption_prompts, image_ids=images)
-    total = protocol.total_steps(len(images))
-    interval = protocol.eval_interval(len(images))
+    train_set = training_subset(job.train_set)
+    total = protocol.total_steps(len(train_set))
+    interval = protocol.eval_interval(len(train_set))
     schedule = LearningRateSchedule(optimizer, protocol, total)
     counters = {"step": 0, "best_step": 0, "best_val": {}, "last_val": {}, "train_seconds": 0.0, "eval_seconds": 0.0,
                 "eval_images": 0, "stopped_early": False}
