@@ -1,9 +1,10 @@
 """SDPT: synchronous dual prompt tuning in the fusion space (ECCV 2024; reference/sdpt.md §2).
 
 Per chosen fusion layer a learnable matrix of "unified prototype tokens" ``T`` ``[K, E]`` lives in the
-layer's image-text attention space (``E`` = the output width of ``v_proj``; 2048 in GLIP). It is
-mapped back into both modalities through the pseudo-inverses of the layer's frozen query/key
-projections::
+layer's image-text attention space (``E`` = the output width of its image-query projection; 2048 in
+GLIP, 1024 in Grounding DINO). It is mapped back into both modalities through the pseudo-inverses of
+the layer's frozen query/key projections (``attention_projections()``: ``v_proj`` / ``l_proj`` in
+GLIP, ``vision_proj`` / ``text_proj`` in Grounding DINO)::
 
     P_v = (T - b_v) pinv(W_v^T)    [K, v_dim]      P_l = (T - b_l) pinv(W_l^T)    [K, l_dim]
 
@@ -58,7 +59,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.models.base import DetectorBase
+from bench.models.base import DetectorBase, FusionLayer
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names, trainable_under
 
 INITS = ("uniform", "normal", "zeros")
@@ -181,7 +182,7 @@ class ProjectedPrototypeTokens(nn.Module):
         return v_ext, l_ext, torch.cat([text_mask, pad], dim=1)
 
 
-def chosen_layers(model: DetectorBase, layers: tuple[int, ...] | None) -> list[nn.Module]:
+def chosen_layers(model: DetectorBase, layers: tuple[int, ...] | None) -> list[FusionLayer]:
     """The fusion layers that get tokens, in model order (``layers`` None = all)."""
     available = model.fusion_layers()
     if layers is None:
@@ -197,7 +198,7 @@ def chosen_layers(model: DetectorBase, layers: tuple[int, ...] | None) -> list[n
 
 def sdpt_token_count(model: DetectorBase, config: SdptConfig) -> int:
     """``K * E`` per chosen layer, or once when the tokens are shared."""
-    widths = [layer.v_proj.out_features for layer in chosen_layers(model, config.layers)]
+    widths = [layer.attention_projections()[0].out_features for layer in chosen_layers(model, config.layers)]
     return config.num_tokens * (widths[0] if config.shared else sum(widths))
 
 
@@ -210,7 +211,8 @@ def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Para
     owner = None
     trainable: dict[str, nn.Parameter] = {}
     for layer in chosen_layers(model, config.layers):
-        extension = ProjectedPrototypeTokens(layer.v_proj, layer.l_proj, config.num_tokens, config.init,
+        image_query, text_key = layer.attention_projections()
+        extension = ProjectedPrototypeTokens(image_query, text_key, config.num_tokens, config.init,
                                              config.text_prompt_visible, owner=owner)
         layer.token_extension = extension
         if config.shared and owner is None:

@@ -1,7 +1,9 @@
 """Text prompts and positive maps, built exactly as GLIP builds them for detection.
 
 A detection vocabulary becomes one caption, ``"person. bicycle. car"``: cleaned class names joined by
-``". "`` with no trailing separator (GLIP's ``SEPARATION_TOKENS``; reference/glip.md §4.1). Each class
+``". "`` with no trailing separator (GLIP's ``SEPARATION_TOKENS``; reference/glip.md §4.1). Other
+detectors write captions their own way (Grounding DINO: ``"person . bicycle . car ."``), which a
+:class:`PromptStyle` describes; every detector declares its style (``DetectorBase.prompt_style``). Each class
 owns the character span of its name (never of a caption-prompt prefix or suffix), and the span is
 mapped to token positions with the fast tokenizer's ``char_to_token``, with GLIP's fallbacks for
 spans that start or end on a character no token covers. Token 0 is ``[CLS]``, so token positions
@@ -24,6 +26,18 @@ from bench.errors import BenchError
 
 GLIP_SEPARATOR = ". "
 GLIP_MAX_QUERY_LEN = 256
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How class names are joined into a caption: ``separator`` between two classes and
+    ``terminator`` after the last one."""
+
+    separator: str = GLIP_SEPARATOR
+    terminator: str = ""
+
+
+GLIP_STYLE = PromptStyle()
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,7 @@ def clean_name(name: str) -> str:
     return name.replace("  ", " ")
 
 
-def build_caption(classes: Sequence[PromptClass], separator: str = GLIP_SEPARATOR) -> tuple[str, dict[int, tuple[int, int]]]:
+def build_caption(classes: Sequence[PromptClass], style: PromptStyle = GLIP_STYLE) -> tuple[str, dict[int, tuple[int, int]]]:
     """Join classes into one caption; return it with each label's character span of the cleaned name."""
     caption = ""
     spans: dict[int, tuple[int, int]] = {}
@@ -110,8 +124,7 @@ def build_caption(classes: Sequence[PromptClass], separator: str = GLIP_SEPARATO
         caption += clean_name(cls.name)
         spans[cls.label] = (start, len(caption))
         caption += cls.suffix
-        if i != len(classes) - 1:
-            caption += separator
+        caption += style.separator if i != len(classes) - 1 else style.terminator
     return caption, spans
 
 
@@ -150,7 +163,7 @@ def build_prompt(
     classes: Sequence[PromptClass],
     tokenizer,
     *,
-    separator: str = GLIP_SEPARATOR,
+    style: PromptStyle = GLIP_STYLE,
     max_query_len: int = GLIP_MAX_QUERY_LEN,
 ) -> Prompt:
     """Build one prompt for ``classes`` with a fast (Rust-backed) Hugging Face tokenizer.
@@ -166,7 +179,7 @@ def build_prompt(
             f"GLIP prompts need a fast tokenizer (char_to_token), but {type(tokenizer).__name__} is not one. "
             "Load it with transformers.AutoTokenizer.from_pretrained(..., use_fast=True)."
         )
-    caption, spans = build_caption(classes, separator)
+    caption, spans = build_caption(classes, style)
     encoding = tokenizer(caption)
     num_tokens = len(encoding["input_ids"])
     if num_tokens > max_query_len:
@@ -198,7 +211,7 @@ def build_prompts(
     tokenizer,
     *,
     chunk_size: int | None = None,
-    separator: str = GLIP_SEPARATOR,
+    style: PromptStyle = GLIP_STYLE,
     max_query_len: int = GLIP_MAX_QUERY_LEN,
 ) -> list[Prompt]:
     """One prompt for the whole vocabulary, or one per consecutive chunk of ``chunk_size`` classes.
@@ -212,7 +225,7 @@ def build_prompts(
         raise BenchError(f"chunk_size must be a positive number of classes, got {chunk_size}.")
     else:
         groups = [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
-    return [build_prompt(g, tokenizer, separator=separator, max_query_len=max_query_len) for g in groups]
+    return [build_prompt(g, tokenizer, style=style, max_query_len=max_query_len) for g in groups]
 
 
 def tokenize_captions(captions: Sequence[str], tokenizer, max_query_len: int = GLIP_MAX_QUERY_LEN) -> dict[str, torch.Tensor]:

@@ -16,8 +16,11 @@ internals or its name, so every method runs on every backend:
   longer fit in ``text_slots``; and a ``layer_input_hook`` slot called as ``hook(i, hidden)`` on
   the input ``[B, T, D]`` of every text layer ``i < num_layers()`` (deep text prompts);
 * ``text_feature_offset``: a slot for a module that edits the text features before fusion;
-* ``fusion_layers()``: every image-text fusion layer, each exposing its projections and a
-  ``token_extension`` slot whose tokens are appended before attention and stripped after it.
+* ``fusion_layers()``: every image-text fusion layer (:class:`FusionLayer`): its
+  ``attention_projections()`` (the image-query and text-key projections whose outputs form the
+  shared image-text logits) and a ``token_extension`` slot whose tokens are appended before
+  attention and stripped after it (:func:`extend_tokens`);
+* ``prompt_style``: how the detector joins class names into a caption (:class:`PromptStyle`).
 
 Slots are plain attributes that default to ``None``; with every slot empty a model computes exactly
 what its official implementation computes.
@@ -26,12 +29,14 @@ what its official implementation computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import torch
 from torch import nn
 
+from bench.data.prompts import GLIP_STYLE, Prompt, PromptStyle
 from bench.data.transforms import PixelNormalization
+from bench.errors import BenchError
 
 PARAMETER_GROUPS = ("vision_backbone", "neck", "text_encoder", "fusion", "head")
 
@@ -74,6 +79,82 @@ class InputSpec:
     size_divisibility: int
 
 
+class TokenExtension(Protocol):
+    """What the ``token_extension`` slot of a fusion layer holds.
+
+    ``extend(v_hat [B, N_v, v_dim], l_hat [B, T, l_dim], text_mask [B, T])`` receives the layer's
+    normalised inputs right before attention (``text_mask``: 1 for real tokens) and returns them with
+    rows appended: ``(v_ext [B, N_v + K_v, v_dim], l_ext [B, T + K_l, l_dim], mask_ext [B, T + K_l])``.
+    The layer attends over the extended sequences and drops the appended rows from its outputs.
+    """
+
+    def extend(
+        self, v_hat: torch.Tensor, l_hat: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class FusionLayer(Protocol):
+    """One image-text fusion layer as methods see it, whatever the backend names its projections."""
+
+    token_extension: TokenExtension | None
+
+    def attention_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """``(image-query projection, text-key projection)``: the frozen pair whose outputs form the
+        shared image-text logits (GLIP: ``v_proj``, ``l_proj``; Grounding DINO: ``vision_proj``,
+        ``text_proj``)."""
+        ...
+
+
+def extend_tokens(
+    extension: TokenExtension, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Call ``extension.extend`` and check that it only appended rows (same batch and widths)."""
+    v_ext, l_ext, mask_ext = extension.extend(v, l, text_mask)
+    ok = (
+        v_ext.shape[0] == l_ext.shape[0] == mask_ext.shape[0] == v.shape[0]
+        and v_ext.shape[1] >= v.shape[1]
+        and l_ext.shape[1] >= l.shape[1]
+        and mask_ext.shape[1] == l_ext.shape[1]
+        and v_ext.shape[2:] == v.shape[2:]
+        and l_ext.shape[2:] == l.shape[2:]
+    )
+    if not ok:
+        raise BenchError(
+            f"The token extension {type(extension).__name__} must append rows to the image tokens "
+            f"{tuple(v.shape)} and text tokens {tuple(l.shape)} (mask {tuple(text_mask.shape)}), keeping batch "
+            f"and feature sizes; it returned {tuple(v_ext.shape)}, {tuple(l_ext.shape)} and mask {tuple(mask_ext.shape)}."
+        )
+    return v_ext, l_ext, mask_ext
+
+
+def checked_block_prompts(prompts: torch.Tensor, x: torch.Tensor, width: int) -> torch.Tensor:
+    """What a vision block's ``extra_tokens`` slot returned for its input ``x`` ``[B, L, C]``, checked
+    to be ``[B, P, width]``."""
+    if prompts.dim() != 3 or prompts.shape[0] != x.shape[0] or prompts.shape[2] != width:
+        raise BenchError(
+            f"The extra_tokens slot of a vision block of width {width} returned prompts of shape "
+            f"{tuple(prompts.shape)}; expected [batch={x.shape[0]}, P, {width}]. Expand the prompts to the "
+            "batch size of the block's input and give them the block's channel width (see VisionBlock.channels)."
+        )
+    return prompts
+
+
+def merge_detections(chunks: list[list[Detections]]) -> list[Detections]:
+    """Per image, the detections of every prompt chunk concatenated (``chunks[c][i]``: chunk ``c``, image ``i``).
+
+    Each chunk is a full text pass with its own detection cap, as in GLIP's chunked evaluation;
+    labels of all chunks are the vocabulary's labels, so merging is concatenation.
+    """
+    return [
+        Detections(
+            boxes=torch.cat([d.boxes for d in parts]),
+            scores=torch.cat([d.scores for d in parts]),
+            labels=torch.cat([d.labels for d in parts]),
+        )
+        for parts in zip(*chunks)
+    ]
+
+
 # The adapter name under which methods inject `peft` tuners (LoRA, DoRA, IA3) into a detector's layers.
 PEFT_ADAPTER_NAME = "peft_method"
 
@@ -89,6 +170,7 @@ class DetectorBase(nn.Module):
 
     tokenizer: Any
     text_slots: int  # token positions of the text input (GLIP: 256); prompts and offsets are sized by it
+    prompt_style: PromptStyle = GLIP_STYLE
 
     @property
     def input_spec(self) -> InputSpec:
@@ -106,7 +188,7 @@ class DetectorBase(nn.Module):
     def linear_probe_parameters(self) -> list[str]:
         raise NotImplementedError
 
-    def fusion_layers(self) -> list[nn.Module]:
+    def fusion_layers(self) -> list[FusionLayer]:
         raise NotImplementedError
 
     def text_encoder(self) -> nn.Module:
@@ -115,3 +197,33 @@ class DetectorBase(nn.Module):
     def base_parameter_names(self) -> list[str]:
         """Parameters of the detector itself, excluding anything installed in a slot."""
         return [name for name, _ in self.named_parameters() if not is_slot_tensor(name)]
+
+    # ----------------------------------------------------------------- prompts, shared by backends
+    def check_fit(self, prompts: Sequence[Prompt]) -> None:
+        """Refuse captions that do not fit the text slots next to the tokens the text hook inserts."""
+        shift = self.text_encoder().token_shift()
+        for prompt in prompts:
+            if prompt.num_tokens + shift > self.text_slots:
+                raise BenchError(
+                    f"The caption {prompt.caption[:60]!r} needs {prompt.num_tokens} tokens and the text encoder's "
+                    f"input_embedding_hook inserts {shift} more, over the model's {self.text_slots} text slots; "
+                    "split the vocabulary into smaller chunks (chunk_size) or insert fewer context tokens."
+                )
+
+    def shift_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
+        """The prompts with their token positions where the text encoder puts them (positive maps for
+        the loss and for post-processing); the same objects when nothing is inserted."""
+        shift = self.text_encoder().token_shift()
+        if shift == 0:
+            return list(prompts)
+        shifted: dict[int, Prompt] = {}  # keep "one prompt for all images" recognisable by identity
+        return [shifted.setdefault(id(p), p.shifted(shift)) for p in prompts]
+
+    @staticmethod
+    def per_image(prompts: Prompt | Sequence[Prompt], batch_size: int) -> list[Prompt]:
+        """One prompt per image, from one prompt for all images or a sequence of one per image."""
+        if isinstance(prompts, Prompt):
+            return [prompts] * batch_size
+        if len(prompts) != batch_size:
+            raise ValueError(f"{len(prompts)} prompts for {batch_size} images; pass one prompt or one per image.")
+        return list(prompts)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bench.data.dataset import DetectionDataset
-from bench.data.prompts import Prompt, PromptClass, build_prompt
+from bench.data.prompts import GLIP_STYLE, Prompt, PromptClass, PromptStyle, build_prompt
 from bench.data.transforms import pad_batch, train_transform
 from bench.errors import BenchError
 from bench.models.base import InputSpec
@@ -41,9 +41,12 @@ class TrainingPrompts:
     to ``chunk_size`` classes, as GLIP samples captions for large vocabularies.
     """
 
-    def __init__(self, classes: Sequence[PromptClass], tokenizer, text_slots: int, chunk_size: int | None) -> None:
+    def __init__(
+        self, classes: Sequence[PromptClass], tokenizer, text_slots: int, chunk_size: int | None, style: PromptStyle = GLIP_STYLE
+    ) -> None:
         self.classes = sorted(classes, key=lambda c: c.label)
         self.tokenizer = tokenizer
+        self.style = style
         self.text_slots = text_slots
         self.chunk_size = chunk_size
         self.whole = self._whole_vocabulary()
@@ -57,7 +60,7 @@ class TrainingPrompts:
         if self.chunk_size is not None and len(self.classes) > self.chunk_size:
             return None
         try:
-            return build_prompt(self.classes, self.tokenizer, max_query_len=self.text_slots)
+            return build_prompt(self.classes, self.tokenizer, style=self.style, max_query_len=self.text_slots)
         except BenchError:
             return None
 
@@ -68,7 +71,8 @@ class TrainingPrompts:
         positive = sorted(set(labels.tolist()))[:size]
         others = [c.label for c in self.classes if c.label not in positive]
         chosen = set(positive) | set(rng.sample(others, min(len(others), size - len(positive))))
-        return build_prompt([c for c in self.classes if c.label in chosen], self.tokenizer, max_query_len=self.text_slots)
+        chosen_classes = [c for c in self.classes if c.label in chosen]
+        return build_prompt(chosen_classes, self.tokenizer, style=self.style, max_query_len=self.text_slots)
 
 
 class _StreamSampler(Sampler[list[int]]):

@@ -31,7 +31,9 @@ class Evaluation:
 
 def vocabulary_prompts(model: DetectorBase, dataset: DetectionDataset, spec: DatasetSpec) -> list[Prompt]:
     """The evaluation captions: the whole vocabulary, in chunks of the catalog's ``chunk_size``."""
-    return build_prompts(dataset.prompt_classes(), model.tokenizer, chunk_size=spec.chunk_size, max_query_len=model.text_slots)
+    return build_prompts(
+        dataset.prompt_classes(), model.tokenizer, chunk_size=spec.chunk_size, style=model.prompt_style, max_query_len=model.text_slots
+    )
 
 
 @torch.no_grad()

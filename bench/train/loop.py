@@ -134,7 +134,9 @@ def train(job: TrainingJob) -> TrainingOutcome:
             state["scaler"] = scaler.state_dict()
         save_checkpoint(job.work_dir / CHECKPOINT, job.trainable, state)
 
-    prompts = TrainingPrompts(train_set.prompt_classes(), model.tokenizer, model.text_slots, job.dataset.chunk_size)
+    prompts = TrainingPrompts(
+        train_set.prompt_classes(), model.tokenizer, model.text_slots, job.dataset.chunk_size, model.prompt_style
+    )
     start = counters["step"]
     batches = training_loader(
         train_set, model.input_spec, prompts, batch_size=protocol.batch_size, copies=protocol.copies,

@@ -10,21 +10,15 @@ Module tree and state-dict names are the official ones (reference/glip.md §2, �
 Extension point: :class:`BiMultiHeadAttention` is GLIP's *fusion layer* as the model interface
 exposes it (``DyHeadTower.fusion_layers()``). It holds the frozen projections (``v_proj`` and
 ``l_proj`` produce the shared logits) and a ``token_extension`` slot, ``None`` by default. A module
-placed there receives the layer-normalised inputs right before attention and may append rows::
-
-    extend(v_hat [B, N_v, v_dim], l_hat [B, T, l_dim], text_mask [B, T])
-        -> (v_ext [B, N_v + K_v, v_dim], l_ext [B, T + K_l, l_dim], mask_ext [B, T + K_l])
-
-The first ``N_v`` / ``T`` rows must be the inputs themselves; the layer attends over the extended
-sequences and drops the ``K_v`` / ``K_l`` appended rows from its outputs, so the residual and
-everything outside see the original shapes. With the slot empty nothing extra runs: the result is
+placed there (:class:`bench.models.base.TokenExtension`) receives the layer-normalised inputs right
+before attention and may append rows. The first ``N_v`` / ``T`` rows must be the inputs themselves;
+the layer attends over the extended sequences and drops the ``K_v`` / ``K_l`` appended rows from its
+outputs, so the residual and everything outside see the original shapes. With the slot empty nothing extra runs: the result is
 bit-identical to the official computation. SDPT (reference/sdpt.md §2.5) installs its projected
 prototype tokens here.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +26,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bench.errors import BenchError
+from bench.models.base import TokenExtension, extend_tokens
 from bench.models.glip.config import GlipConfig
 from bench.models.glip.text_features import TextFeatures
 
 # GLIP's mask for padded tokens on the image side (reference/glip.md §3 step 4).
 MASKED_TOKEN_LOGIT = -9e15
-
-
-class TokenExtension(Protocol):
-    """What the ``token_extension`` slot of a fusion layer holds (see the module docstring)."""
-
-    def extend(
-        self, v_hat: torch.Tensor, l_hat: torch.Tensor, text_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -88,30 +75,14 @@ class BiMultiHeadAttention(nn.Module):
         """``[B * heads, L, head_dim]`` -> ``[B, L, E]``."""
         return x.view(batch, self.num_heads, -1, self.head_dim).transpose(1, 2).reshape(batch, -1, self.embed_dim)
 
-    def _extend(
-        self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        v_ext, l_ext, mask_ext = self.token_extension.extend(v, l, text_mask)
-        ok = (
-            v_ext.shape[0] == l_ext.shape[0] == mask_ext.shape[0] == v.shape[0]
-            and v_ext.shape[1] >= v.shape[1]
-            and l_ext.shape[1] >= l.shape[1]
-            and mask_ext.shape[1] == l_ext.shape[1]
-            and v_ext.shape[2:] == v.shape[2:]
-            and l_ext.shape[2:] == l.shape[2:]
-        )
-        if not ok:
-            raise BenchError(
-                f"The token extension {type(self.token_extension).__name__} must append rows to the image tokens "
-                f"{tuple(v.shape)} and text tokens {tuple(l.shape)} (mask {tuple(text_mask.shape)}), keeping batch "
-                f"and feature sizes; it returned {tuple(v_ext.shape)}, {tuple(l_ext.shape)} and mask {tuple(mask_ext.shape)}."
-            )
-        return v_ext, l_ext, mask_ext
+    def attention_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """``(v_proj, l_proj)``: the image-query and text-key projections (:class:`bench.models.base.FusionLayer`)."""
+        return self.v_proj, self.l_proj
 
     def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_v, n_l = v.shape[1], l.shape[1]
         if self.token_extension is not None:
-            v, l, text_mask = self._extend(v, l, text_mask)
+            v, l, text_mask = extend_tokens(self.token_extension, v, l, text_mask)
         batch, tgt_len, src_len = v.shape[0], v.shape[1], l.shape[1]
 
         query = self._split_heads(self.v_proj(v) * self.scale)

@@ -8,9 +8,7 @@ local folder or the Hugging Face cache): nothing is downloaded at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -18,6 +16,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from bench.errors import BenchError
 from bench.models.glip.config import TextConfig
+from bench.models.text_slots import BertTextSlots
 
 DEFAULT_TOKENIZER = "bert-base-uncased"
 
@@ -35,25 +34,9 @@ class TextEncoding:
     mask: torch.Tensor
 
 
-# (input embeddings [B, T, D], attention mask [B, T]) -> (input embeddings, attention mask)
-InputEmbeddingHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-# (layer index, layer input [B, T, D]) -> layer input [B, T, D]
-LayerInputHook = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-class LanguageBackbone(nn.Module):
-    """``language_backbone.body.model``: a ``BertModel`` without pooler, called without token types.
-
-    Extension point: ``input_embedding_hook`` (default ``None``) may rewrite the word embeddings and
-    the attention mask before BERT runs, e.g. to insert learnable context vectors (CoOp). It must
-    keep the number of slots ``T``. A hook that inserts tokens in front of the caption's tokens
-    declares how far they move with an integer attribute ``token_shift`` (default 0); the detector
-    shifts its positive maps by :meth:`token_shift` and refuses captions that no longer fit.
-
-    Extension point: ``layer_input_hook`` (default ``None``) is called as ``hook(i, hidden)`` with
-    the input ``[B, T, D]`` of every encoder layer ``i`` (0-based) and returns its replacement of the
-    same shape, e.g. to replace context tokens with per-layer deep prompts (MaPLe).
-    """
+class LanguageBackbone(BertTextSlots):
+    """``language_backbone.body.model``: a ``BertModel`` without pooler, called without token types,
+    with the text extension slots of :class:`bench.models.text_slots.BertTextSlots`."""
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
@@ -61,45 +44,14 @@ class LanguageBackbone(nn.Module):
         bert_config._attn_implementation = "eager"  # GLIP's numerics; sdpa differs in the last bits
         self.body = nn.Module()
         self.body.model = BertModel(bert_config, add_pooling_layer=False)
-        self.input_embedding_hook: InputEmbeddingHook | None = None
-        self.layer_input_hook: LayerInputHook | None = None
-        for index, layer in enumerate(self.bert.encoder.layer):
-            layer.register_forward_pre_hook(partial(self._before_layer, index))
-
-    def _before_layer(self, index: int, _layer: nn.Module, args: tuple) -> tuple | None:
-        if self.layer_input_hook is None:
-            return None
-        hidden = self.layer_input_hook(index, args[0])
-        if hidden.shape != args[0].shape:
-            raise BenchError(f"The layer_input_hook returned {tuple(hidden.shape)} for text layer {index}; expected {tuple(args[0].shape)}.")
-        return (hidden, *args[1:])
-
-    def num_layers(self) -> int:
-        """Number of encoder layers that ``layer_input_hook`` is called for."""
-        return len(self.bert.encoder.layer)
+        self.attach_layer_hooks()
 
     @property
     def bert(self) -> BertModel:
         return self.body.model
 
-    def word_embeddings(self) -> nn.Embedding:
-        return self.bert.embeddings.word_embeddings
-
-    def token_shift(self) -> int:
-        """How many slots the installed ``input_embedding_hook`` moves every caption token to the right."""
-        return int(getattr(self.input_embedding_hook, "token_shift", 0))
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoding:
-        embeddings = self.word_embeddings()(input_ids)
-        if self.input_embedding_hook is not None:
-            slots = embeddings.shape[:2]
-            embeddings, attention_mask = self.input_embedding_hook(embeddings, attention_mask)
-            if embeddings.shape[:2] != slots or attention_mask.shape != slots:
-                raise BenchError(
-                    f"The input_embedding_hook changed the text input from {tuple(slots)} slots to embeddings "
-                    f"{tuple(embeddings.shape[:2])} and mask {tuple(attention_mask.shape)}; it must keep [B, T] "
-                    "(drop trailing padding slots to make room for inserted tokens)."
-                )
+        embeddings, attention_mask = self.hooked_embeddings(input_ids, attention_mask)
         out = self.bert(inputs_embeds=embeddings, attention_mask=attention_mask)
         hidden = out.last_hidden_state
         return TextEncoding(hidden=hidden, embedded=hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), mask=attention_mask)

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
-from bench.errors import BenchError
 from bench.models import MODELS, PACKAGED_WEIGHTS
-from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock
+from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets
 from bench.models.glip.atss_loss import atss_losses
@@ -129,11 +128,11 @@ class GLIP(DetectorBase):
 
         The features' mask is the one the text encoder's ``input_embedding_hook`` returns (inserted
         context tokens count as text); token positions of the prompts move by
-        :meth:`LanguageBackbone.token_shift`, see :meth:`shift_prompts`.
+        :meth:`LanguageBackbone.token_shift`, see :meth:`DetectorBase.shift_prompts`.
         """
         if self.tokenizer is None:
             raise RuntimeError("GLIP needs a tokenizer to encode prompts; build it with build_glip(..., tokenizer=...).")
-        self._check_fit(prompts)
+        self.check_fit(prompts)
         tokens = tokenize_captions([p.caption for p in prompts], self.tokenizer, self.config.text.max_query_len)
         device = next(self.parameters()).device
         input_ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
@@ -142,26 +141,6 @@ class GLIP(DetectorBase):
         if self.text_feature_offset is not None:
             hidden = self.text_feature_offset(hidden)
         return TextBatch(input_ids, TextFeatures(hidden=hidden, mask=encoding.mask))
-
-    def shift_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
-        """The prompts with their token positions where the text encoder puts them (positive maps for
-        the loss and for post-processing); the same objects when nothing is inserted. Called after
-        :meth:`encode_text`, which has already refused prompts that do not fit."""
-        shift = self.language_backbone.token_shift()
-        if shift == 0:
-            return list(prompts)
-        shifted: dict[int, Prompt] = {}  # keep "one prompt for all images" recognisable by identity
-        return [shifted.setdefault(id(p), p.shifted(shift)) for p in prompts]
-
-    def _check_fit(self, prompts: Sequence[Prompt]) -> None:
-        shift = self.language_backbone.token_shift()
-        for prompt in prompts:
-            if prompt.num_tokens + shift > self.text_slots:
-                raise BenchError(
-                    f"The caption {prompt.caption[:60]!r} needs {prompt.num_tokens} tokens and the text encoder's "
-                    f"input_embedding_hook inserts {shift} more, over the model's {self.text_slots} text slots; "
-                    "split the vocabulary into smaller chunks (chunk_size) or insert fewer context tokens."
-                )
 
     def predict(self, features: list[torch.Tensor], text: TextFeatures) -> tuple[HeadOutputs, TextFeatures]:
         """Run the fusion tower and the prediction layers on image features and text features."""
@@ -183,7 +162,7 @@ class GLIP(DetectorBase):
         ``targets`` (training): per image ``boxes`` ``[N, 4]`` xyxy in resized pixels and ``labels``
         ``[N]`` (the prompt's labels).
         """
-        prompts = self._per_image(prompts, images.shape[0])
+        prompts = self.per_image(prompts, images.shape[0])
         features = self.backbone(images)
         text = self.encode_text(prompts)
         prompts = self.shift_prompts(prompts)
@@ -206,28 +185,17 @@ class GLIP(DetectorBase):
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt]) -> list[Detections]:
-        """Detections over several prompt chunks (long vocabularies), merged per image.
-
-        Each chunk is a full text pass with its own detection cap, as in GLIP's chunked evaluation;
-        labels of all chunks are the vocabulary's labels, so merging is concatenation.
-        """
+        """Detections over several prompt chunks (long vocabularies), merged per image
+        (:func:`bench.models.base.merge_detections`)."""
         features = self.backbone(images)
-        merged: list[list[Detections]] = [[] for _ in range(images.shape[0])]
+        chunks = []
         for prompt in prompts:
             chunk = [prompt] * images.shape[0]
             outputs, _ = self.predict(features, self.encode_text(chunk).features)
             chunk = self.shift_prompts(chunk)
             anchors = grid_anchors(outputs.feature_sizes, self.config.anchors, device=images.device)
-            for per_image, found in zip(merged, self._postprocess(outputs, anchors, image_sizes, chunk)):
-                per_image.append(found)
-        return [
-            Detections(
-                boxes=torch.cat([d.boxes for d in parts]),
-                scores=torch.cat([d.scores for d in parts]),
-                labels=torch.cat([d.labels for d in parts]),
-            )
-            for parts in merged
-        ]
+            chunks.append(self._postprocess(outputs, anchors, image_sizes, chunk))
+        return merge_detections(chunks)
 
     def _postprocess(
         self, outputs: HeadOutputs, anchors: list[torch.Tensor], image_sizes: torch.Tensor, prompts: Sequence[Prompt]
@@ -238,14 +206,6 @@ class GLIP(DetectorBase):
             postprocess(outputs.select(i), anchors, image_sizes[i : i + 1], p.label_to_tokens, self.config.inference)[0]
             for i, p in enumerate(prompts)
         ]
-
-    @staticmethod
-    def _per_image(prompts: Prompt | Sequence[Prompt], batch_size: int) -> list[Prompt]:
-        if isinstance(prompts, Prompt):
-            return [prompts] * batch_size
-        if len(prompts) != batch_size:
-            raise ValueError(f"{len(prompts)} prompts for {batch_size} images; pass one prompt or one per image.")
-        return list(prompts)
 
 
 def build_glip(

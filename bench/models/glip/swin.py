@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from bench.errors import BenchError
-from bench.models.base import VisionBlock
+from bench.models.base import VisionBlock, checked_block_prompts
 from bench.models.glip.config import SwinConfig
 
 # [Q] The shifted-window mask adds -100.0 (not -inf) between tokens from different image regions
@@ -182,14 +181,7 @@ class SwinTransformerBlock(nn.Module):
     def _prompts(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.extra_tokens is None:
             return None
-        prompts = self.extra_tokens(x)
-        if prompts.dim() != 3 or prompts.shape[0] != x.shape[0] or prompts.shape[2] != self.dim:
-            raise BenchError(
-                f"The extra_tokens slot of a Swin block of width {self.dim} returned prompts of shape "
-                f"{tuple(prompts.shape)}; expected [batch={x.shape[0]}, P, {self.dim}]. Expand the prompts to the "
-                "batch size of the block's input and give them the block's channel width (see VisionBlock.channels)."
-            )
-        return self.norm1(prompts)
+        return self.norm1(checked_block_prompts(self.extra_tokens(x), x, self.dim))
 
     def forward(self, x: torch.Tensor, height: int, width: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``[B, H*W, C]`` -> ``[B, H*W, C]``; ``shift_mask`` ``[nW, N, N]`` is used by shifted blocks."""
