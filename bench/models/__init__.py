@@ -13,3 +13,4 @@ PACKAGED_WEIGHTS: dict[str, Path] = {}
 
 # Importing a backend registers its models.
 from bench.models.glip import model as _glip  # noqa: E402,F401
+from bench.models.grounding_dino import model as _grounding_dino  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Grounding DINO through ``transformers`` (``GroundingDinoForObjectDetection``) behind the detector interface."""

@@ -1,0 +1,255 @@
+"""Grounding DINO (``transformers``' ``GroundingDinoForObjectDetection``) behind the detector interface.
+
+The ``transformers`` model is kept whole under ``hf`` (its own parameter names below that prefix) and
+runs its own forward pass; this wrapper adds what the harness and the methods need:
+
+* prompts in Grounding DINO's convention (``"cat . dog ."``, :data:`GROUNDING_DINO_STYLE`), padded to
+  the longest caption of the batch, and chunked vocabularies (one full pass per chunk, merged);
+* training losses from ``transformers`` (:mod:`bench.models.grounding_dino.loss`), with the auxiliary
+  decoder-layer losses switched on as in the official training recipe;
+* detections selected as the official COCO evaluation does (:mod:`bench.models.grounding_dino.postprocess`);
+* the extension points of :mod:`bench.models.base`: Swin blocks with ``extra_tokens``, the BERT text
+  slots (:mod:`bench.models.grounding_dino.text`), ``text_feature_offset`` applied to BERT's output
+  right before ``text_projection`` (the text features that enter the feature enhancer and its fusion
+  layers), and every fusion layer ``hf.model.encoder.layers[i].fusion_layer.attn``
+  (:mod:`bench.models.grounding_dino.extensions`).
+
+Parameter groups: ``vision_backbone`` the Swin; ``text_encoder`` BERT and ``text_projection``;
+``fusion`` the encoder's fusion layers; ``neck`` the rest of the feature enhancer (input projections,
+level embeddings, deformable image layers, text enhancer layers); ``head`` the decoder, query
+embeddings, two-stage proposal layers and box heads. The linear probe trains the decoder's box
+regression MLP: Grounding DINO's class logits are a parameter-free dot product with the text features.
+
+Known limit of ``transformers``' training loss: the two-stage encoder loss is computed on detached
+proposals and on logits of the learned query embeddings, so the proposal layers (``enc_output``,
+``enc_output_norm``, ``encoder_output_bbox_embed``) receive no gradient; methods that train them
+(``full``, ``bitfit``) leave them unchanged.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+from transformers import AutoTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
+from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
+from transformers.models.swin.modeling_swin import SwinLayer
+
+from bench.data.prompts import Prompt, PromptStyle
+from bench.errors import BenchError
+from bench.models import MODELS
+from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
+from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, swin_shape_of
+from bench.models.grounding_dino.extensions import ExtensibleBiAttention, PromptableSwinLayer, adopt
+from bench.models.grounding_dino.loss import positive_map_loss
+from bench.models.grounding_dino.postprocess import select_detections
+from bench.models.grounding_dino.text import GroundingDinoText, ids_with_inserted_tokens
+
+GROUNDING_DINO_STYLE = PromptStyle(separator=" . ", terminator=" .")
+# Detections kept per image and prompt chunk (the official COCO evaluation's num_select).
+DETECTIONS_PER_IMAGE = 300
+HUB_NAMES = {"t": "IDEA-Research/grounding-dino-tiny", "b": "IDEA-Research/grounding-dino-base"}
+
+
+class GroundingDino(DetectorBase):
+    """``hf``: a ``GroundingDinoForObjectDetection``; ``tokenizer``: its fast BERT tokenizer."""
+
+    prompt_style = GROUNDING_DINO_STYLE
+
+    def __init__(self, hf: GroundingDinoForObjectDetection, tokenizer: Any = None, inputs: InputSpec = GROUNDING_DINO_INPUTS) -> None:
+        super().__init__()
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.inputs = inputs
+        self.text_slots = hf.config.max_text_len
+        # transformers' SwinBackbone normalises each output stage with its own norm and never calls
+        # this final LayerNorm; the checkpoints do not hold it. Dropped, so counts cover acting weights.
+        hf.model.backbone.conv_encoder.model.swin.layernorm = nn.Identity()
+        hf.config.auxiliary_loss = True
+        hf.loss_function = positive_map_loss
+        for module in list(hf.modules()):
+            if type(module) is GroundingDinoBiMultiHeadAttention:
+                adopt(module, ExtensibleBiAttention)
+            elif type(module) is SwinLayer:
+                adopt(module, PromptableSwinLayer)
+        self.language = GroundingDinoText(hf.model.text_backbone)
+        self.text_feature_offset: nn.Module | None = None
+        hf.model.text_projection.register_forward_pre_hook(self._offset_text_features)
+
+    def _offset_text_features(self, _module: nn.Module, args: tuple) -> tuple | None:
+        if self.text_feature_offset is None:
+            return None
+        return (self.text_feature_offset(args[0]), *args[1:])
+
+    # ----------------------------------------------------------------- extension points
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.inputs
+
+    @property
+    def swin(self) -> nn.Module:
+        return self.hf.model.backbone.conv_encoder.model.swin
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        fusion = tuple(f"hf.model.encoder.layers.{i}.fusion_layer." for i in range(len(self.hf.model.encoder.layers)))
+        groups: dict[str, list[str]] = {"vision_backbone": [], "neck": [], "text_encoder": [], "fusion": [], "head": []}
+        for name in self.base_parameter_names():
+            if name.startswith("hf.model.backbone."):
+                groups["vision_backbone"].append(name)
+            elif name.startswith(("hf.model.text_backbone.", "hf.model.text_projection.")):
+                groups["text_encoder"].append(name)
+            elif name.startswith(fusion):
+                groups["fusion"].append(name)
+            elif name.startswith(("hf.model.input_proj_vision.", "hf.model.level_embed", "hf.model.encoder.")):
+                groups["neck"].append(name)
+            else:
+                groups["head"].append(name)
+        return groups
+
+    def vision_blocks(self) -> list[VisionBlock]:
+        blocks = []
+        for stage, layer in enumerate(self.swin.encoder.layers):
+            for block in layer.blocks:
+                blocks.append(VisionBlock(index=len(blocks), stage=stage, channels=block.channels, module=block))
+        return blocks
+
+    def vision_stage_parameters(self) -> list[list[str]]:
+        """``[patch embedding, stage 1 (blocks + its patch merging), stage 2, ...]``."""
+        prefix = "hf.model.backbone.conv_encoder.model.swin."
+        names = [n for n in self.base_parameter_names() if n.startswith(prefix)]
+        stages = [[n for n in names if n.startswith(f"{prefix}embeddings.")]]
+        for i in range(len(self.swin.encoder.layers)):
+            stages.append([n for n in names if n.startswith(f"{prefix}encoder.layers.{i}.")])
+        return stages
+
+    def linear_probe_parameters(self) -> list[str]:
+        """The decoder's box-regression MLP (shared by all decoder layers)."""
+        return [n for n in self.base_parameter_names() if n.startswith("hf.model.decoder.bbox_embed.")]
+
+    def fusion_layers(self) -> list[ExtensibleBiAttention]:
+        return [layer.fusion_layer.attn for layer in self.hf.model.encoder.layers]
+
+    def text_encoder(self) -> GroundingDinoText:
+        return self.language
+
+    # ----------------------------------------------------------------- forward
+    def predict(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt],
+                labels: list[dict[str, torch.Tensor]] | None = None):
+        """``transformers``' outputs (``logits`` ``[B, Q, text_slots]``, ``pred_boxes``, and ``loss``
+        when ``labels`` are given) for one prompt per image, with the text slots applied."""
+        if self.tokenizer is None:
+            raise RuntimeError("Grounding DINO needs a tokenizer to encode prompts; build it with a tokenizer.")
+        self.check_fit(prompts)
+        device = images.device
+        shift = self.language.token_shift()
+        tokens = self.tokenizer([p.caption for p in prompts], padding="longest", return_tensors="pt")
+        input_ids = nn.functional.pad(tokens["input_ids"], (0, shift), value=self.tokenizer.pad_token_id).to(device)
+        mask = nn.functional.pad(tokens["attention_mask"], (0, shift)).to(device)
+        pixel_mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long, device=device)
+        for i, (height, width) in enumerate(image_sizes.tolist()):
+            pixel_mask[i, :height, :width] = 1
+        run = partial(self.hf, pixel_values=images, pixel_mask=pixel_mask, labels=labels)
+        if self.language.input_embedding_hook is None:
+            return run(input_ids=input_ids, attention_mask=mask)
+        embeddings, mask = self.language.hooked_embeddings(input_ids, mask)
+        with self.language.substituted_word_embeddings(embeddings):
+            return run(input_ids=ids_with_inserted_tokens(input_ids, shift), attention_mask=mask)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        image_sizes: torch.Tensor,
+        prompts: Prompt | Sequence[Prompt],
+        targets: Sequence[dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, torch.Tensor] | list[Detections]:
+        """Losses (training) or detections in resized-image pixels (eval); arguments as ``GLIP.forward``."""
+        prompts = self.per_image(prompts, images.shape[0])
+        if not self.training:
+            return self._detections(self.predict(images, image_sizes, prompts), image_sizes, prompts)
+        if targets is None:
+            raise ValueError("Grounding DINO in training mode needs targets (boxes and labels per image).")
+        shifted = self.shift_prompts(prompts)
+        labels = []
+        for target, prompt, (height, width) in zip(targets, shifted, image_sizes.tolist()):
+            boxes = target["boxes"].as_subclass(torch.Tensor).to(images.device).float()
+            scale = boxes.new_tensor([width, height, width, height])
+            labels.append({
+                "boxes": box_convert(boxes, "xyxy", "cxcywh") / scale,
+                "positive_map": prompt.token_map(target["labels"], self.text_slots).to(images.device),
+            })
+        return {"loss": self.predict(images, image_sizes, prompts, labels).loss}
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt]) -> list[Detections]:
+        """Detections over several prompt chunks (long vocabularies), one full pass per chunk, merged per image."""
+        chunks = []
+        for prompt in prompts:
+            chunk = [prompt] * images.shape[0]
+            chunks.append(self._detections(self.predict(images, image_sizes, chunk), image_sizes, chunk))
+        return merge_detections(chunks)
+
+    def _detections(self, outputs, image_sizes: torch.Tensor, prompts: Sequence[Prompt]) -> list[Detections]:
+        return select_detections(outputs.logits, outputs.pred_boxes, image_sizes, self.shift_prompts(prompts), DETECTIONS_PER_IMAGE)
+
+
+# ----------------------------------------------------------------------------- building
+def grounding_dino_on_config(config: GroundingDinoConfig, tokenizer: Any = None) -> GroundingDino:
+    """A randomly initialised Grounding DINO of ``config`` (tests; the ``meta`` device for accounting)."""
+    return GroundingDino(GroundingDinoForObjectDetection(config), tokenizer)
+
+
+def _missing_weights(size: str, weights: str | Path | None, reason: str) -> BenchError:
+    hub = HUB_NAMES[size]
+    return BenchError(
+        f"grounding-dino-{size} needs its weights as a local folder (--weights DIR): {reason}. On a machine with "
+        f"network access run `huggingface-cli download {hub} --local-dir grounding-dino-{size}` (or "
+        f"`GroundingDinoForObjectDetection.from_pretrained('{hub}').save_pretrained(DIR)` plus the processor's "
+        "tokenizer), copy the folder here and pass --weights grounding-dino-" + size + "."
+    )
+
+
+def load_grounding_dino(size: str, *, weights: str | Path | None = None) -> GroundingDino:
+    """Grounding DINO of ``size`` ("t"/"b") from a ``from_pretrained`` folder (or Hub cache name), offline.
+
+    The folder must hold the model (``config.json`` and weights) and its tokenizer; a folder whose
+    backbone is not the named size's is refused, naming the model it does hold.
+    """
+    if weights is None:
+        raise _missing_weights(size, weights, "no --weights was given")
+    source = str(weights)
+    if Path(source).is_file():
+        raise _missing_weights(size, weights, f"{source} is a file, not a from_pretrained folder")
+    try:
+        config = GroundingDinoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise _missing_weights(size, weights, f"{source!r} has no readable Grounding DINO config.json ({type(err).__name__})") from None
+    if config.model_type != "grounding-dino":
+        raise BenchError(
+            f"{source} holds a {config.model_type!r} model, not Grounding DINO; MM-Grounding-DINO checkpoints load through "
+            "transformers' MMGroundingDinoForObjectDetection, which has other heads and is not a backend here."
+        )
+    held = swin_shape_of(config)
+    if held != SWIN_SHAPES[size]:
+        names = [f"grounding-dino-{s}" for s, shape in SWIN_SHAPES.items() if shape == held] or ["no released Grounding DINO"]
+        raise BenchError(
+            f"{source} holds a Grounding DINO with Swin embed_dim {held.embed_dim} and depths {list(held.depths)}, which is "
+            f"{names[0]}, not grounding-dino-{size}; pass --model {names[0]} or the grounding-dino-{size} folder."
+        )
+    try:
+        model = GroundingDinoForObjectDetection.from_pretrained(source, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise _missing_weights(size, weights, f"loading from {source!r} failed ({err})") from None
+    return GroundingDino(model.eval(), tokenizer)
+
+
+def _register(size: str, description: str) -> None:
+    MODELS.add(f"grounding-dino-{size}", partial(load_grounding_dino, size), description)
+
+
+_register("t", "Grounding DINO-T (transformers): Swin-T, BERT-base, 6 encoder + 6 decoder layers (172.3M parameters); --weights DIR")
+_register("b", "Grounding DINO-B (transformers): Swin-B, BERT-base, 6 encoder + 6 decoder layers (232.3M parameters); --weights DIR")
