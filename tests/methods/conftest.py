@@ -1,8 +1,13 @@
-"""A small pre-trained GLIP (fixture A) and a tiny detection task for the method contract tests."""
+"""The detectors every method contract test runs on, each with a tiny detection task.
+
+* ``glip``: the small GLIP of fixture A with its official-code weights;
+* ``grounding-dino``: a tiny random Grounding DINO (:mod:`tests.grounding_dino_support`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 import torch
@@ -13,6 +18,10 @@ from bench.models.glip.checkpoint import load_official_checkpoint
 from bench.models.glip.config import from_reduced_config
 from bench.models.glip.language import load_tokenizer
 from bench.models.glip.model import GLIP
+from bench.models.grounding_dino.model import GroundingDino, grounding_dino_on_config
+from tests.grounding_dino_support import tiny_config, tiny_tokenizer
+
+SHAPE_CLASSES = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")]
 
 
 @dataclass
@@ -60,6 +69,68 @@ def glip_a_factory(fixture_a_dir):
 @pytest.fixture(scope="session")
 def task(glip_a_factory, fixture_a_reference) -> Task:
     model = glip_a_factory()
-    prompt = build_prompt([PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")], model.tokenizer)
+    prompt = build_prompt(SHAPE_CLASSES, model.tokenizer)
     targets = [{"boxes": fixture_a_reference["train.target0.boxes_resized_xyxy"], "labels": fixture_a_reference["train.target0.labels"]}]
     return Task(fixture_a_reference["input.images_padded"], fixture_a_reference["input.image_sizes_hw"], targets, prompt)
+
+
+@pytest.fixture(scope="session")
+def grounding_dino_factory(tmp_path_factory):
+    """Builds a fresh copy of one tiny random Grounding DINO (the same weights on each call)."""
+    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("grounding_dino_tokenizer"))
+    config = tiny_config(len(tokenizer))
+    torch.manual_seed(0)
+    weights = grounding_dino_on_config(config, tokenizer).state_dict()
+
+    def build() -> GroundingDino:
+        model = grounding_dino_on_config(config, tokenizer)
+        model.load_state_dict(weights)
+        return model.eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def grounding_dino_task(grounding_dino_factory) -> Task:
+    model = grounding_dino_factory()
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 64, 96, generator=generator)
+    targets = [{"boxes": torch.tensor([[8.0, 6.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1, 3])}]
+    prompt = build_prompt(SHAPE_CLASSES, model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)
+    images, sizes = pad_batch([image], model.input_spec.size_divisibility)
+    return Task(images, sizes, targets, prompt)
+
+
+def glip_outputs(model: GLIP, task: Task) -> list[torch.Tensor]:
+    """Every raw prediction of GLIP on the task's images (logits, boxes, centerness, all levels)."""
+    with torch.no_grad():
+        features = model.backbone(task.images)
+        outputs, _ = model.predict(features, model.encode_text([task.prompt] * task.images.shape[0]).features)
+    return outputs.dot_product_logits + outputs.bbox_reg + outputs.centerness
+
+
+def grounding_dino_outputs(model: GroundingDino, task: Task) -> list[torch.Tensor]:
+    """Grounding DINO's token logits, boxes and two-stage encoder logits on the task's images."""
+    with torch.no_grad():
+        out = model.predict(task.images, task.sizes, [task.prompt] * task.images.shape[0])
+    return [out.logits, out.pred_boxes, out.encoder_logits]
+
+
+@dataclass
+class Backend:
+    """A detector factory, a task for it, and how to read its raw outputs."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    task: Task
+    outputs: Callable[[torch.nn.Module, Task], list[torch.Tensor]]
+
+
+@pytest.fixture(params=["glip", "grounding-dino"])
+def backend(request) -> Backend:
+    if request.param == "glip":
+        return Backend("glip", request.getfixturevalue("glip_a_factory"), request.getfixturevalue("task"), glip_outputs)
+    return Backend(
+        "grounding-dino", request.getfixturevalue("grounding_dino_factory"), request.getfixturevalue("grounding_dino_task"),
+        grounding_dino_outputs,
+    )
