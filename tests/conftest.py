@@ -13,6 +13,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from bench.models.grounding_dino.model import grounding_dino_on_config  # noqa: E402
+from tests.grounding_dino_support import TINY_INPUTS, tiny_config, tiny_tokenizer, warmed_up_weights  # noqa: E402
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -36,3 +39,18 @@ def fixture_a_summary(fixture_a_dir) -> dict:
 def fixture_a_reference(fixture_a_dir) -> dict:
     """The official code's tensors for fixture A (``reference.pt``), loaded without running pickled code."""
     return torch.load(fixture_a_dir / "reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def grounding_dino_factory(tmp_path_factory):
+    """Builds a fresh copy of one tiny, warmed-up Grounding DINO (the same weights on each call)."""
+    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("grounding_dino_tokenizer"))
+    config = tiny_config(len(tokenizer))
+    weights = warmed_up_weights(tokenizer)
+
+    def build():
+        model = grounding_dino_on_config(config, tokenizer, TINY_INPUTS)
+        model.load_state_dict(weights)
+        return model.eval()
+
+    return build

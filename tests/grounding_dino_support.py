@@ -1,8 +1,12 @@
-"""A tiny random Grounding DINO and a WordPiece tokenizer for it, built offline in milliseconds.
+"""A tiny Grounding DINO and a WordPiece tokenizer for it, built offline in seconds.
 
 The tokenizer's vocabulary puts ``[PAD]``, ``[CLS]``, ``[SEP]``, ``.`` and ``?`` at the ids of
 bert-base-uncased (0, 101, 102, 1012, 1029), which Grounding DINO hard-codes; the backbone is given as
 a config object, so nothing is fetched from the hub. Dropout is off so that tests are deterministic.
+
+A randomly initialised detector is far from any detector a method would tune (its token logits
+saturate and the focal loss is in the hundreds), so :func:`warmed_up_weights` first trains it fully
+on a small fixed task, as the GLIP contract tests start from fixture A's trained weights.
 """
 
 from __future__ import annotations
@@ -11,12 +15,24 @@ import json
 import string
 from pathlib import Path
 
+import torch
+
 from transformers import AutoTokenizer, BertConfig, GroundingDinoConfig, SwinConfig
+
+from bench.data.prompts import Prompt, PromptClass, build_prompt
+from bench.data.transforms import PixelNormalization, pad_batch
+from bench.models.base import InputSpec
+from bench.models.grounding_dino.model import GroundingDino, grounding_dino_on_config
 
 WORDS = (
     "red green blue yellow purple orange cyan grey white black square circle triangle star cross ring "
-    "small large big shape shapes object a an the of on in with"
+    "hexagon small large big shape shapes object a an the of on in with"
 ).split()
+# Sizes of the synthetic shapes images, so that training and evaluation stay CPU-sized.
+TINY_INPUTS = InputSpec(
+    pixels=PixelNormalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    min_sizes_train=(80, 96, 112), max_size_train=192, min_size_test=96, max_size_test=192, size_divisibility=32,
+)
 SPECIAL_IDS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
 
 
@@ -41,3 +57,30 @@ def tiny_config(vocab_size: int) -> GroundingDinoConfig:
         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, max_text_len=32,
         dropout=0.0, fusion_droppath=0.0,
     )
+
+
+SHAPE_CLASSES = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")]
+WARM_UP_STEPS = 30
+
+
+def tiny_task(model: GroundingDino) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]], Prompt]:
+    """One seeded 64x96 image with two boxes, padded as a batch, its targets and the three-class prompt."""
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
+    targets = [{"boxes": torch.tensor([[8.0, 6.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1, 3])}]
+    prompt = build_prompt(SHAPE_CLASSES, model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)
+    images, sizes = pad_batch([image], model.input_spec.size_divisibility)
+    return images, sizes, targets, prompt
+
+
+def warmed_up_weights(tokenizer) -> dict[str, torch.Tensor]:
+    """State of a seeded tiny Grounding DINO after ``WARM_UP_STEPS`` full-training steps on :func:`tiny_task`."""
+    torch.manual_seed(0)
+    model = grounding_dino_on_config(tiny_config(len(tokenizer)), tokenizer, TINY_INPUTS)
+    images, sizes, targets, prompt = tiny_task(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(WARM_UP_STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        model(images, sizes, prompt, targets)["loss"].backward()
+        optimizer.step()
+    return model.state_dict()

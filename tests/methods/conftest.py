@@ -12,16 +12,14 @@ from typing import Callable
 import pytest
 import torch
 
-from bench.data.prompts import Prompt, PromptClass, build_prompt
+from bench.data.prompts import Prompt, build_prompt
 from bench.data.transforms import pad_batch
 from bench.models.glip.checkpoint import load_official_checkpoint
 from bench.models.glip.config import from_reduced_config
 from bench.models.glip.language import load_tokenizer
 from bench.models.glip.model import GLIP
-from bench.models.grounding_dino.model import GroundingDino, grounding_dino_on_config
-from tests.grounding_dino_support import tiny_config, tiny_tokenizer
-
-SHAPE_CLASSES = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")]
+from bench.models.grounding_dino.model import GroundingDino
+from tests.grounding_dino_support import SHAPE_CLASSES, tiny_task
 
 
 @dataclass
@@ -75,29 +73,8 @@ def task(glip_a_factory, fixture_a_reference) -> Task:
 
 
 @pytest.fixture(scope="session")
-def grounding_dino_factory(tmp_path_factory):
-    """Builds a fresh copy of one tiny random Grounding DINO (the same weights on each call)."""
-    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("grounding_dino_tokenizer"))
-    config = tiny_config(len(tokenizer))
-    torch.manual_seed(0)
-    weights = grounding_dino_on_config(config, tokenizer).state_dict()
-
-    def build() -> GroundingDino:
-        model = grounding_dino_on_config(config, tokenizer)
-        model.load_state_dict(weights)
-        return model.eval()
-
-    return build
-
-
-@pytest.fixture(scope="session")
 def grounding_dino_task(grounding_dino_factory) -> Task:
-    model = grounding_dino_factory()
-    generator = torch.Generator().manual_seed(1)
-    image = torch.rand(3, 64, 96, generator=generator)
-    targets = [{"boxes": torch.tensor([[8.0, 6.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1, 3])}]
-    prompt = build_prompt(SHAPE_CLASSES, model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)
-    images, sizes = pad_batch([image], model.input_spec.size_divisibility)
+    images, sizes, targets, prompt = tiny_task(grounding_dino_factory())
     return Task(images, sizes, targets, prompt)
 
 

@@ -197,9 +197,11 @@ class GroundingDino(DetectorBase):
 
 
 # ----------------------------------------------------------------------------- building
-def grounding_dino_on_config(config: GroundingDinoConfig, tokenizer: Any = None) -> GroundingDino:
+def grounding_dino_on_config(
+    config: GroundingDinoConfig, tokenizer: Any = None, inputs: InputSpec = GROUNDING_DINO_INPUTS
+) -> GroundingDino:
     """A randomly initialised Grounding DINO of ``config`` (tests; the ``meta`` device for accounting)."""
-    return GroundingDino(GroundingDinoForObjectDetection(config), tokenizer)
+    return GroundingDino(GroundingDinoForObjectDetection(config), tokenizer, inputs)
 
 
 def _missing_weights(size: str, weights: str | Path | None, reason: str) -> BenchError:
