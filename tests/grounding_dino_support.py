@@ -6,7 +6,9 @@ a config object, so nothing is fetched from the hub. Dropout is off so that test
 
 A randomly initialised detector is far from any detector a method would tune (its token logits
 saturate and the focal loss is in the hundreds), so :func:`warmed_up_weights` first trains it fully
-on a small fixed task, as the GLIP contract tests start from fixture A's trained weights.
+on a small fixed task, as the GLIP contract tests start from fixture A's trained weights. Its fusion
+layers start with layer scales of :data:`FUSION_LAYER_SCALE` instead of ``transformers``' 1e-4, which
+a few warm-up steps would barely move: fusion then matters as it does in a trained detector.
 """
 
 from __future__ import annotations
@@ -51,16 +53,17 @@ def tiny_config(vocab_size: int) -> GroundingDinoConfig:
     swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4,
                       out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"], drop_path_rate=0.0)
     bert = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                      max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return GroundingDinoConfig(
         backbone_config=swin, text_config=bert, num_queries=20, encoder_layers=2, decoder_layers=2, d_model=32,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, max_text_len=32,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, max_text_len=64,
         dropout=0.0, fusion_droppath=0.0,
     )
 
 
 SHAPE_CLASSES = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")]
 WARM_UP_STEPS = 30
+FUSION_LAYER_SCALE = 0.1
 
 
 def tiny_task(model: GroundingDino) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]], Prompt]:
@@ -76,11 +79,14 @@ def warmed_up_weights(tokenizer) -> dict[str, torch.Tensor]:
     """State of a seeded tiny Grounding DINO after ``WARM_UP_STEPS`` full-training steps on :func:`tiny_task`."""
     torch.manual_seed(0)
     model = grounding_dino_on_config(tiny_config(len(tokenizer)), tokenizer, TINY_INPUTS)
+    for layer in model.hf.model.encoder.layers:
+        torch.nn.init.constant_(layer.fusion_layer.vision_param, FUSION_LAYER_SCALE)
+        torch.nn.init.constant_(layer.fusion_layer.text_param, FUSION_LAYER_SCALE)
     images, sizes, targets, prompt = tiny_task(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     model.train()
     for _ in range(WARM_UP_STEPS):
         optimizer.zero_grad(set_to_none=True)
-        model(images, sizes, prompt, targets)["loss"].backward()
+        sum(model(images, sizes, prompt, targets).values()).backward()
         optimizer.step()
     return model.state_dict()

@@ -5,8 +5,9 @@ runs its own forward pass; this wrapper adds what the harness and the methods ne
 
 * prompts in Grounding DINO's convention (``"cat . dog ."``, :data:`GROUNDING_DINO_STYLE`), padded to
   the longest caption of the batch, and chunked vocabularies (one full pass per chunk, merged);
-* training losses from ``transformers`` (:mod:`bench.models.grounding_dino.loss`), with the auxiliary
-  decoder-layer losses switched on as in the official training recipe;
+* training losses with ``transformers``' criterion (:mod:`bench.models.grounding_dino.loss`): the
+  decoder layers' losses (auxiliary ones switched on, as in the official training recipe) and the
+  encoder's loss on its selected proposals as the official code computes it;
 * detections selected as the official COCO evaluation does (:mod:`bench.models.grounding_dino.postprocess`);
 * the extension points of :mod:`bench.models.base`: Swin blocks with ``extra_tokens``, the BERT text
   slots (:mod:`bench.models.grounding_dino.text`), ``text_feature_offset`` applied to BERT's output
@@ -19,11 +20,6 @@ Parameter groups: ``vision_backbone`` the Swin; ``text_encoder`` BERT and ``text
 level embeddings, deformable image layers, text enhancer layers); ``head`` the decoder, query
 embeddings, two-stage proposal layers and box heads. The linear probe trains the decoder's box
 regression MLP: Grounding DINO's class logits are a parameter-free dot product with the text features.
-
-Known limit of ``transformers``' training loss: the two-stage encoder loss is computed on detached
-proposals and on logits of the learned query embeddings, so the proposal layers (``enc_output``,
-``enc_output_norm``, ``encoder_output_bbox_embed``) receive no gradient; methods that train them
-(``full``, ``bitfit``) leave them unchanged.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ from bench.models import MODELS
 from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, swin_shape_of
 from bench.models.grounding_dino.extensions import ExtensibleBiAttention, PromptableSwinLayer, adopt
-from bench.models.grounding_dino.loss import positive_map_loss
+from bench.models.grounding_dino.loss import decoder_loss, proposal_loss
 from bench.models.grounding_dino.postprocess import select_detections
 from bench.models.grounding_dino.text import GroundingDinoText, ids_with_inserted_tokens
 
@@ -70,7 +66,7 @@ class GroundingDino(DetectorBase):
         # this final LayerNorm; the checkpoints do not hold it. Dropped, so counts cover acting weights.
         hf.model.backbone.conv_encoder.model.swin.layernorm = nn.Identity()
         hf.config.auxiliary_loss = True
-        hf.loss_function = positive_map_loss
+        hf.loss_function = decoder_loss
         for module in list(hf.modules()):
             if type(module) is GroundingDinoBiMultiHeadAttention:
                 adopt(module, ExtensibleBiAttention)
@@ -139,8 +135,9 @@ class GroundingDino(DetectorBase):
     # ----------------------------------------------------------------- forward
     def predict(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt],
                 labels: list[dict[str, torch.Tensor]] | None = None):
-        """``transformers``' outputs (``logits`` ``[B, Q, text_slots]``, ``pred_boxes``, and ``loss``
-        when ``labels`` are given) for one prompt per image, with the text slots applied."""
+        """``transformers``' outputs (``logits`` ``[B, Q, text_slots]``, ``pred_boxes``, the encoder's
+        proposal scores and boxes, and the decoder ``loss`` when ``labels`` are given) for one prompt
+        per image, with the text slots applied; ``text_mask`` ``[B, T]`` is added (the real tokens)."""
         if self.tokenizer is None:
             raise RuntimeError("Grounding DINO needs a tokenizer to encode prompts; build it with a tokenizer.")
         self.check_fit(prompts)
@@ -154,10 +151,13 @@ class GroundingDino(DetectorBase):
             pixel_mask[i, :height, :width] = 1
         run = partial(self.hf, pixel_values=images, pixel_mask=pixel_mask, labels=labels)
         if self.language.input_embedding_hook is None:
-            return run(input_ids=input_ids, attention_mask=mask)
-        embeddings, mask = self.language.hooked_embeddings(input_ids, mask)
-        with self.language.substituted_word_embeddings(embeddings):
-            return run(input_ids=ids_with_inserted_tokens(input_ids, shift), attention_mask=mask)
+            outputs = run(input_ids=input_ids, attention_mask=mask)
+        else:
+            embeddings, mask = self.language.hooked_embeddings(input_ids, mask)
+            with self.language.substituted_word_embeddings(embeddings):
+                outputs = run(input_ids=ids_with_inserted_tokens(input_ids, shift), attention_mask=mask)
+        outputs["text_mask"] = mask
+        return outputs
 
     def forward(
         self,
@@ -172,6 +172,7 @@ class GroundingDino(DetectorBase):
             return self._detections(self.predict(images, image_sizes, prompts), image_sizes, prompts)
         if targets is None:
             raise ValueError("Grounding DINO in training mode needs targets (boxes and labels per image).")
+        self.check_fit(prompts)
         shifted = self.shift_prompts(prompts)
         labels = []
         for target, prompt, (height, width) in zip(targets, shifted, image_sizes.tolist()):
@@ -181,7 +182,9 @@ class GroundingDino(DetectorBase):
                 "boxes": box_convert(boxes, "xyxy", "cxcywh") / scale,
                 "positive_map": prompt.token_map(target["labels"], self.text_slots).to(images.device),
             })
-        return {"loss": self.predict(images, image_sizes, prompts, labels).loss}
+        outputs = self.predict(images, image_sizes, prompts, labels)
+        proposals = proposal_loss(outputs.enc_outputs_class, outputs.enc_outputs_coord_logits, labels, self.hf.config, outputs["text_mask"])
+        return {"loss_decoder": outputs.loss, "loss_proposals": proposals}
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt]) -> list[Detections]:

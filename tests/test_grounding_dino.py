@@ -1,0 +1,235 @@
+"""The Grounding DINO backend: parity with plain ``transformers``, its loss, detections, text slots and loading."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import GroundingDinoForObjectDetection
+from transformers.loss.loss_grounding_dino import GroundingDinoForObjectDetectionLoss
+
+import methods  # noqa: F401  (registers every method)
+from bench.data.coco_format import load_coco
+from bench.data.dataset import DetectionDataset
+from bench.data.prompts import Prompt, PromptClass, build_prompts
+from bench.data.synthetic import ShapesWorldConfig, generate
+from bench.errors import BenchError
+from bench.models import MODELS
+from bench.models.grounding_dino import config as gd_config
+from bench.models.grounding_dino.model import GroundingDino, load_grounding_dino
+from bench.models.grounding_dino.postprocess import select_detections
+from bench.train.batches import TrainingPrompts, training_loader
+from bench.tuning.base import build_method
+from tests.grounding_dino_support import TINY_INPUTS, tiny_task
+
+SHAPES_STEPS = 30
+
+
+def _inputs(model: GroundingDino, prompt: Prompt, images: torch.Tensor, sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a plain ``transformers`` user passes for the same images and caption."""
+    tokens = model.tokenizer([prompt.caption] * images.shape[0], padding="longest", return_tensors="pt")
+    pixel_mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long)
+    for i, (h, w) in enumerate(sizes.tolist()):
+        pixel_mask[i, :h, :w] = 1
+    return {"pixel_values": images, "pixel_mask": pixel_mask, "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def test_with_empty_slots_the_outputs_are_exactly_those_of_plain_transformers(grounding_dino_factory):
+    model = grounding_dino_factory()
+    plain = GroundingDinoForObjectDetection(model.hf.config).eval()
+    plain.load_state_dict(model.hf.state_dict(), strict=False)  # the wrapper dropped Swin's unused final norm
+    images, sizes, _, prompt = tiny_task(model)
+    images, sizes = torch.cat([images, images.flip(-1)]), torch.cat([sizes, sizes])
+    with torch.no_grad():
+        ours = model.predict(images, sizes, [prompt, prompt])
+        theirs = plain(**_inputs(model, prompt, images, sizes))
+    assert torch.equal(ours.logits, theirs.logits) and torch.equal(ours.pred_boxes, theirs.pred_boxes)
+
+
+def test_decoder_loss_from_positive_maps_equals_the_transformers_loss_of_plain_phrases(grounding_dino_factory):
+    model = grounding_dino_factory().train()
+    plain = copy.deepcopy(model.hf)
+    plain.loss_function = GroundingDinoForObjectDetectionLoss  # transformers' own: class tokens from the ids
+    images, sizes, targets, prompt = tiny_task(model)
+    ours = model(images, sizes, prompt, targets)["loss_decoder"]
+    h, w = sizes[0].tolist()
+    boxes = targets[0]["boxes"]
+    cxcywh = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2 / w, (boxes[:, 1] + boxes[:, 3]) / 2 / h,
+                          (boxes[:, 2] - boxes[:, 0]) / w, (boxes[:, 3] - boxes[:, 1]) / h], dim=1)
+    phrase = {label: i for i, label in enumerate(prompt.labels)}
+    labels = [{"class_labels": torch.tensor([phrase[int(l)] for l in targets[0]["labels"]]), "boxes": cxcywh}]
+    terms = plain(**_inputs(model, prompt, images, sizes), labels=labels).loss_dict
+    weights = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}  # transformers' weights; "_0": first decoder layer
+    theirs = sum(weights[k.removesuffix("_0")] * v for k, v in terms.items() if k.removesuffix("_0") in weights)
+    assert {k for k in terms if k.endswith("_0")} == {"loss_ce_0", "loss_bbox_0", "loss_giou_0", "cardinality_error_0"}
+    assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
+
+
+def test_the_proposal_loss_trains_the_proposal_layers_as_the_official_recipe_does(grounding_dino_factory):
+    model = grounding_dino_factory().train()
+    images, sizes, targets, prompt = tiny_task(model)
+    build_method("full", {"freeze_vision_stages": -1}).apply(model)
+    losses = model(images, sizes, prompt, targets)
+    losses["loss_proposals"].backward()
+    proposal_layers = model.hf.model
+    for layer in (proposal_layers.enc_output, proposal_layers.enc_output_norm, proposal_layers.encoder_output_bbox_embed.layers[2]):
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert model.hf.model.decoder.bbox_embed[0].layers[0].weight.grad is None  # the decoder is not in this term
+
+
+def test_a_batch_without_boxes_gives_a_zero_loss_that_backpropagates(grounding_dino_factory):
+    model = grounding_dino_factory().train()
+    images, sizes, _, prompt = tiny_task(model)
+    loss = sum(model(images, sizes, prompt, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]).values())
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    gradient = model.hf.model.text_projection.weight.grad
+    assert gradient is not None and not gradient.any()
+
+
+def test_detections_average_each_class_tokens_and_scale_boxes_to_the_image():
+    # Caption "[CLS] red square . circle . [SEP]": label 1 owns tokens 1-2, label 2 token 4.
+    prompt = Prompt("red square . circle .", (1, 2), {1: (0, 10), 2: (13, 19)}, {1: [1, 2], 2: [4]}, 7)
+    probs = torch.full((1, 2, 8), 0.01)
+    probs[0, 0, [1, 2]] = torch.tensor([0.9, 0.5])  # query 0: class 1 scores (0.9 + 0.5) / 2 = 0.7
+    probs[0, 1, 4] = 0.8  # query 1: class 2 scores 0.8
+    logits = torch.logit(probs)
+    boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]]])  # cx, cy, w, h of the image
+    found = select_detections(logits, boxes, torch.tensor([[40, 80]]), [prompt], detections_per_image=2)[0]
+    assert found.labels.tolist() == [2, 1]
+    assert torch.allclose(found.scores, torch.tensor([0.8, 0.7]))
+    assert torch.allclose(found.boxes, torch.tensor([[0.0, 0.0, 40.0, 20.0], [20.0, 10.0, 60.0, 30.0]]))
+
+
+def test_chunked_detection_scores_every_chunk_with_its_own_labels(grounding_dino_factory):
+    model = grounding_dino_factory()
+    images, sizes, _, _ = tiny_task(model)
+    classes = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")]
+    chunks = build_prompts(classes, model.tokenizer, chunk_size=2, style=model.prompt_style, max_query_len=model.text_slots)
+    assert [c.caption for c in chunks] == ["red square . blue circle .", "green triangle ."]
+    found = model.detect(images, sizes, chunks)[0]
+    assert set(found.labels.tolist()) == {1, 2, 3}
+    assert len(found.labels) == 20 * 2 + 20  # the top (query, class) pairs of each chunk: all of them here
+
+
+def test_inserted_context_keeps_each_class_phrase_encoded_as_before(grounding_dino_factory):
+    """CoOp's context tokens become one-token phrases: BERT's features of the class tokens do not change."""
+    model = grounding_dino_factory()
+    images, sizes, _, prompt = tiny_task(model)
+    captured = []
+    model.hf.model.text_backbone.register_forward_hook(lambda _m, _i, out: captured.append(out.last_hidden_state))
+    with torch.no_grad():
+        model.predict(images, sizes, [prompt])
+        build_method("coop", {"context_tokens": 3}).apply(model)
+        model.predict(images, sizes, [prompt])
+    before, after = captured
+    tokens = [t for label in prompt.labels for t in prompt.label_to_tokens[label]]
+    assert torch.allclose(after[0, [t + 3 for t in tokens]], before[0, tokens], atol=1e-5)
+    assert not torch.allclose(after[0, 1:4], before[0, 1:4])
+
+
+def test_sdpt_uses_vision_proj_and_text_proj_of_every_fusion_layer(grounding_dino_factory):
+    model = grounding_dino_factory()
+    build_method("sdpt", {"num_tokens": 5}).apply(model)
+    for layer in model.fusion_layers():
+        extension = layer.token_extension
+        assert extension._projections == (layer.vision_proj, layer.text_proj)
+        assert torch.equal(extension.pinv_v, torch.linalg.pinv(layer.vision_proj.weight.float().t()))
+        assert extension.prototype_tokens.shape == (5, layer.embed_dim)
+
+
+def test_vision_prompts_change_the_swin_output_and_keep_its_shapes(grounding_dino_factory):
+    model = grounding_dino_factory()
+    images, _, _, _ = tiny_task(model)
+    pixel_mask = torch.ones(1, *images.shape[-2:], dtype=torch.long)
+    backbone = model.hf.model.backbone.conv_encoder
+    with torch.no_grad():
+        before = [f for f, _ in backbone(images, pixel_mask)]
+        build_method("vpt", {"num_tokens": 4}).apply(model)
+        after = [f for f, _ in backbone(images, pixel_mask)]
+    assert [f.shape for f in before] == [f.shape for f in after]
+    assert all(not torch.allclose(a, b) for a, b in zip(before, after))
+
+
+# ----------------------------------------------------------------------------- loading
+def test_loading_without_weights_says_how_to_get_them(tmp_path):
+    with pytest.raises(BenchError, match="huggingface-cli download IDEA-Research/grounding-dino-tiny"):
+        MODELS.get("grounding-dino-t")()
+    with pytest.raises(BenchError, match="no readable Grounding DINO config.json"):
+        load_grounding_dino("b", weights=tmp_path / "missing")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(BenchError, match="is a file, not a from_pretrained folder"):
+        load_grounding_dino("t", weights=tmp_path / "model.safetensors")
+
+
+@pytest.fixture()
+def saved_tiny(grounding_dino_factory, tmp_path) -> tuple[GroundingDino, str]:
+    model = grounding_dino_factory()
+    folder = tmp_path / "tiny"
+    model.hf.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return model, str(folder)
+
+
+def test_a_folder_of_another_size_is_refused_naming_what_it_holds(saved_tiny, monkeypatch):
+    _, folder = saved_tiny
+    with pytest.raises(BenchError, match="which is no released Grounding DINO, not grounding-dino-t"):
+        load_grounding_dino("t", weights=folder)
+    monkeypatch.setitem(gd_config.SWIN_SHAPES, "b", gd_config.swin_shape_of(GroundingDinoForObjectDetection.config_class.from_pretrained(folder)))
+    with pytest.raises(BenchError, match="grounding-dino-b, not grounding-dino-t; pass --model grounding-dino-b"):
+        load_grounding_dino("t", weights=folder)
+
+
+def test_a_saved_folder_loads_offline_and_predicts_what_was_saved(saved_tiny, monkeypatch):
+    model, folder = saved_tiny
+    monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
+    loaded = load_grounding_dino("t", weights=folder)
+    loaded.inputs = TINY_INPUTS
+    images, sizes, _, prompt = tiny_task(model)
+    with torch.no_grad():
+        assert torch.equal(model.predict(images, sizes, [prompt]).logits, loaded.predict(images, sizes, [prompt]).logits)
+
+
+def test_an_mm_grounding_dino_folder_is_refused(saved_tiny):
+    _, folder = saved_tiny
+    path = f"{folder}/config.json"
+    config = json.loads(open(path).read())
+    config["model_type"] = "mm-grounding-dino"
+    open(path, "w").write(json.dumps(config))
+    with pytest.raises(BenchError, match="MMGroundingDinoForObjectDetection"):
+        load_grounding_dino("t", weights=folder)
+
+
+# ----------------------------------------------------------------------------- training on shapes
+@pytest.fixture(scope="module")
+def shapes_batch(grounding_dino_factory, tmp_path_factory):
+    """One training batch (four images, augmented as in training) of a small synthetic shapes world."""
+    world = ShapesWorldConfig("gd-shapes", seed=5, splits=(("train", 16),), scheme="colour-shape",
+                              colours=("red", "green", "blue"), shapes=("square", "circle", "triangle"), object_size=(24, 48))
+    path = generate(world, tmp_path_factory.mktemp("gd-shapes"))["train"]
+    train = DetectionDataset(load_coco(path), path.parent)
+    model = grounding_dino_factory()
+    prompts = TrainingPrompts(train.prompt_classes(), model.tokenizer, model.text_slots, None, model.prompt_style)
+    loader = training_loader(train, model.input_spec, prompts, batch_size=4, copies=1, seed=0, start_batch=0, num_batches=1)
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("name", ["sdpt", "vpt", "coop", "lora"])
+def test_a_short_run_on_synthetic_shapes_lowers_the_loss(name, grounding_dino_factory, shapes_batch):
+    """Each method, at its default learning rate, fits one batch of shapes: the loss falls (dropout is off)."""
+    torch.manual_seed(0)
+    model = grounding_dino_factory()
+    method = build_method(name)
+    trainable = method.apply(model)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=method.config.lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(SHAPES_STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(model(shapes_batch.images, shapes_batch.sizes, shapes_batch.prompts, shapes_batch.targets).values())
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-3:]) / 3 < 0.97 * losses[0], losses
