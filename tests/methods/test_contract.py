@@ -88,6 +88,7 @@ def test_saved_state_restores_the_tuned_model_on_a_fresh_base(name, backend, tmp
 @pytest.mark.parametrize("name", TRAINING_METHODS)
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_training_works_for_batch_sizes_and_lowers_the_loss(name, batch_size, backend):
+    torch.manual_seed(0)  # methods draw their initial values from the global generator
     model = backend.build()
     method = build_method(name)
     trainable = method.apply(model)
@@ -95,7 +96,7 @@ def test_training_works_for_batch_sizes_and_lowers_the_loss(name, batch_size, ba
     losses = train_steps(model, trainable, backend.task.batch(batch_size), steps=steps, lr=method.config.lr or 1e-3)
     assert all(torch.isfinite(torch.tensor(losses)))
     if batch_size == 1:
-        assert min(losses[-3:]) < losses[0]
+        assert backend.loss_falls(losses), losses
 
 
 def test_unknown_method_and_unknown_option_are_explained():
