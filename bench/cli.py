@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--suite", help="a suite from the catalog, e.g. odinw13 (see --list)")
     what.add_argument("--datasets", type=_csv, default=[], help="comma-separated dataset names (added to --suite)")
     what.add_argument("--model", default="glip-nano", help="detector (see --list; default: glip-nano)")
-    what.add_argument("--weights", help="checkpoint of the model, e.g. glip_tiny_model_o365_goldg.pth")
+    what.add_argument("--weights", help="checkpoint file of the model (GLIP: e.g. glip_tiny_model_o365_goldg.pth) "
+                      "or its from_pretrained folder (Grounding DINO)")
     what.add_argument("--shots", type=_shots, default=[None], help="comma-separated shots per class, or 'full' (default: full)")
     what.add_argument("--seeds", type=_ints, default=[0], help="training seeds (default: 0)")
     what.add_argument("--split-seeds", type=_split_seeds, default=None,

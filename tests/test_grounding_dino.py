@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -17,12 +18,16 @@ from bench.data.prompts import Prompt, PromptClass, build_prompts
 from bench.data.synthetic import ShapesWorldConfig, generate
 from bench.errors import BenchError
 from bench.models import MODELS
+from bench.launch.local import run_local
 from bench.models.grounding_dino import config as gd_config
+from bench.models.grounding_dino import model as gd_model
 from bench.models.grounding_dino.model import GroundingDino, load_grounding_dino
 from bench.models.grounding_dino.postprocess import select_detections
+from bench.runs.plan import plan_cells
 from bench.train.batches import TrainingPrompts, training_loader
 from bench.tuning.base import build_method
 from tests.grounding_dino_support import TINY_INPUTS, tiny_task
+from tests.run_support import quiet_context, synthetic_cache, tiny_request
 
 SHAPES_STEPS = 30
 
@@ -186,7 +191,6 @@ def test_a_saved_folder_loads_offline_and_predicts_what_was_saved(saved_tiny, mo
     model, folder = saved_tiny
     monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
     loaded = load_grounding_dino("t", weights=folder)
-    loaded.inputs = TINY_INPUTS
     images, sizes, _, prompt = tiny_task(model)
     with torch.no_grad():
         assert torch.equal(model.predict(images, sizes, [prompt]).logits, loaded.predict(images, sizes, [prompt]).logits)
@@ -200,6 +204,25 @@ def test_an_mm_grounding_dino_folder_is_refused(saved_tiny):
     open(path, "w").write(json.dumps(config))
     with pytest.raises(BenchError, match="MMGroundingDinoForObjectDetection"):
         load_grounding_dino("t", weights=folder)
+
+
+def test_a_sweep_runs_grounding_dino_from_its_folder_end_to_end(saved_tiny, monkeypatch, tmp_path_factory):
+    """``--model grounding-dino-t --weights DIR`` through planning, training, evaluation and the result store."""
+    model, folder = saved_tiny
+    monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
+    monkeypatch.setattr(gd_model, "GROUNDING_DINO_INPUTS", TINY_INPUTS)
+    cache = synthetic_cache(tmp_path_factory, ["shapes-colours"])
+    context = quiet_context(tmp_path_factory.mktemp("gd-sweep"), cache)
+    request = tiny_request(["zero-shot", "sdpt"], ["shapes-colours"], method_options={"sdpt": {"num_tokens": 4}})
+    request = dataclasses.replace(request, model="grounding-dino-t", weights=folder)
+    cells = plan_cells(request, context)
+    outcome = run_local(cells, context)
+    assert outcome.failed == {} and len(outcome.finished) == 2
+    records = {r.spec.method: r for r in context.store.load_records()[0]}
+    for record in records.values():
+        assert record.spec.model == "grounding-dino-t"
+        assert all(0.0 <= record.test[k] <= 1.0 for k in ("AP", "AP50"))
+    assert records["sdpt"].cost.trainable_params == 4 * 32 * 2  # K x E per fusion layer of the tiny model
 
 
 # ----------------------------------------------------------------------------- training on shapes

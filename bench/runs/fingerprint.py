@@ -1,5 +1,9 @@
 """Content fingerprints of what a run reads: the base weights and a dataset's annotation files.
 
+Base weights are a checkpoint file (GLIP) or a ``from_pretrained`` folder (Grounding DINO); a
+folder's fingerprint covers every file in it except hidden ones (the Hugging Face download
+metadata under ``.cache/``), by relative path.
+
 Hashing a 700 MB checkpoint or a 450 MB annotation file takes seconds, and planning a sweep needs
 every cell's key, so digests are cached in a JSON file next to the run store, keyed by the file's
 absolute path, size and modification time (a changed file gets a new digest).
@@ -73,5 +77,12 @@ def dataset_fingerprint(spec: DatasetSpec, annotation_files: dict[str, Path], ca
 
 
 def weights_fingerprint(weights: str | None, cache: FingerprintCache) -> str | None:
-    """The digest of the base weights file (None for a randomly initialised model)."""
-    return None if weights is None else cache.file_digest(weights)[:20]
+    """The digest of the base weights file or folder (None for a randomly initialised model)."""
+    if weights is None:
+        return None
+    root = Path(weights)
+    if not root.is_dir():
+        return cache.file_digest(root)[:20]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    listing = {str(p.relative_to(root)): cache.file_digest(p) for p in files}
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:20]

@@ -110,14 +110,16 @@ def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec]
 
 
 def resolve_weights(request: SweepRequest) -> str | None:
-    """The weights file of the request: ``--weights``, else the model's packaged weights, else None (random)."""
+    """The weights of the request (a checkpoint file or a ``from_pretrained`` folder): ``--weights``,
+    else the model's packaged weights, else None (random)."""
     path = request.weights or PACKAGED_WEIGHTS.get(request.model)
     if path is None:
         return None
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise BenchError(
-            f"The weights file {path} does not exist. Pass --weights the path of the model's checkpoint "
-            "(e.g. glip_tiny_model_o365_goldg.pth from the GLIP model zoo); README.md says where to get it. "
+            f"The weights {path} do not exist. Pass --weights the model's checkpoint file (GLIP: e.g. "
+            "glip_tiny_model_o365_goldg.pth from the GLIP model zoo) or its from_pretrained folder (Grounding DINO: "
+            "e.g. a download of IDEA-Research/grounding-dino-tiny); README.md says where to get them. "
             "glip-nano's packaged weights are made by `python -m bench.pretrain`."
         )
     return str(Path(path).resolve())

@@ -1,6 +1,6 @@
 """Parameter accounting of every registered method on full-size models, without allocating them.
 
-    python -m bench.tuning.accounting_table [--models glip-t,glip-l] [--format markdown|csv]
+    python -m bench.tuning.accounting_table [--models glip-t,glip-l,grounding-dino-t] [--methods sdpt,lora] [--format markdown|csv]
 
 Models are built on PyTorch's ``meta`` device (shapes only, no memory, no weights, no tokenizer),
 each method is applied with its default configuration, and the table lists allocated, effective and
@@ -11,28 +11,43 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 import pandas as pd
 import torch
 
 import methods  # noqa: F401  (registers every method)
+from bench.errors import BenchError
 from bench.models import MODELS
+from bench.models.base import DetectorBase
 from bench.models.glip.config import GLIP_L, GLIP_T
 from bench.models.glip.model import GLIP
+from bench.models.grounding_dino.config import grounding_dino_config
+from bench.models.grounding_dino.model import grounding_dino_on_config
 from bench.tuning.accounting import account
 from bench.tuning.base import METHODS, build_method
 
-META_CONFIGS = {"glip-t": GLIP_T, "glip-l": GLIP_L}
+# Full-size models by name, built from their architecture alone (run under the meta device).
+META_BUILDERS: dict[str, Callable[[], DetectorBase]] = {
+    "glip-t": lambda: GLIP(GLIP_T),
+    "glip-l": lambda: GLIP(GLIP_L),
+    "grounding-dino-t": lambda: grounding_dino_on_config(grounding_dino_config("t")),
+    "grounding-dino-b": lambda: grounding_dino_on_config(grounding_dino_config("b")),
+}
+DEFAULT_MODELS = "glip-t,glip-l,grounding-dino-t"
 
 
-def accounting_table(model_names: list[str]) -> pd.DataFrame:
+def accounting_table(model_names: list[str], method_names: list[str] | None = None) -> pd.DataFrame:
+    """One row per (model, method), every registered method when ``method_names`` is None."""
     rows = []
     for model_name in model_names:
         MODELS.entry(model_name)  # unknown names: the registry's error
-        for entry in METHODS:
+        if model_name not in META_BUILDERS:
+            raise BenchError(f"No full-size architecture to account for {model_name!r}; choose from {', '.join(META_BUILDERS)}.")
+        for method_name in method_names or METHODS.names():
             with torch.device("meta"):
-                model = GLIP(META_CONFIGS[model_name])
-                method = build_method(entry.name)
+                model = META_BUILDERS[model_name]()
+                method = build_method(method_name)
                 trainable = method.apply(model)
             rows.append({"model": model_name, **account(model, method, trainable).to_dict()})
     return pd.DataFrame(rows)
@@ -40,10 +55,12 @@ def accounting_table(model_names: list[str]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tuning.accounting_table", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="glip-t,glip-l")
+    parser.add_argument("--models", default=DEFAULT_MODELS)
+    parser.add_argument("--methods", default=None, help="comma-separated method names (default: every registered method)")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     args = parser.parse_args(argv)
-    table = accounting_table([m.strip() for m in args.models.split(",") if m.strip()])
+    methods_wanted = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    table = accounting_table([m.strip() for m in args.models.split(",") if m.strip()], methods_wanted)
     if args.format == "csv":
         table.to_csv(sys.stdout, index=False)
     else:

@@ -56,11 +56,11 @@ class GroundingDino(DetectorBase):
 
     prompt_style = GROUNDING_DINO_STYLE
 
-    def __init__(self, hf: GroundingDinoForObjectDetection, tokenizer: Any = None, inputs: InputSpec = GROUNDING_DINO_INPUTS) -> None:
+    def __init__(self, hf: GroundingDinoForObjectDetection, tokenizer: Any = None, inputs: InputSpec | None = None) -> None:
         super().__init__()
         self.hf = hf
         self.tokenizer = tokenizer
-        self.inputs = inputs
+        self.inputs = inputs or GROUNDING_DINO_INPUTS
         self.text_slots = hf.config.max_text_len
         # transformers' SwinBackbone normalises each output stage with its own norm and never calls
         # this final LayerNorm; the checkpoints do not hold it. Dropped, so counts cover acting weights.
@@ -200,9 +200,7 @@ class GroundingDino(DetectorBase):
 
 
 # ----------------------------------------------------------------------------- building
-def grounding_dino_on_config(
-    config: GroundingDinoConfig, tokenizer: Any = None, inputs: InputSpec = GROUNDING_DINO_INPUTS
-) -> GroundingDino:
+def grounding_dino_on_config(config: GroundingDinoConfig, tokenizer: Any = None, inputs: InputSpec | None = None) -> GroundingDino:
     """A randomly initialised Grounding DINO of ``config`` (tests; the ``meta`` device for accounting)."""
     return GroundingDino(GroundingDinoForObjectDetection(config), tokenizer, inputs)
 
