@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from transformers import AutoTokenizer, BertConfig, GroundingDinoConfig, SwinConfig
+from transformers import AutoTokenizer, BertConfig, PretrainedConfig, SwinConfig
 
 from bench.data.prompts import Prompt, PromptClass, build_prompt
 from bench.data.transforms import PixelNormalization, pad_batch
 from bench.models.base import InputSpec
+from bench.models.grounding_dino.config import FAMILY_CONFIGS
 from bench.models.grounding_dino.model import GroundingDino, grounding_dino_on_config
 
 WORDS = (
@@ -49,12 +50,12 @@ def tiny_tokenizer(directory: Path):
     return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, use_fast=True)
 
 
-def tiny_config(vocab_size: int) -> GroundingDinoConfig:
+def tiny_config(vocab_size: int, family: str = "grounding-dino") -> PretrainedConfig:
     swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4,
                       out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"], drop_path_rate=0.0)
     bert = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                       max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return GroundingDinoConfig(
+    return FAMILY_CONFIGS[family](
         backbone_config=swin, text_config=bert, num_queries=20, encoder_layers=2, decoder_layers=2, d_model=32,
         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, max_text_len=64,
         dropout=0.0, fusion_droppath=0.0,
@@ -75,10 +76,10 @@ def tiny_task(model: GroundingDino) -> tuple[torch.Tensor, torch.Tensor, list[di
     return images, sizes, targets, prompt
 
 
-def warmed_up_weights(tokenizer) -> dict[str, torch.Tensor]:
-    """State of a seeded tiny Grounding DINO after ``WARM_UP_STEPS`` full-training steps on :func:`tiny_task`."""
+def warmed_up_weights(tokenizer, family: str = "grounding-dino") -> dict[str, torch.Tensor]:
+    """State of a seeded tiny model of ``family`` after ``WARM_UP_STEPS`` full-training steps on :func:`tiny_task`."""
     torch.manual_seed(0)
-    model = grounding_dino_on_config(tiny_config(len(tokenizer)), tokenizer, TINY_INPUTS)
+    model = grounding_dino_on_config(tiny_config(len(tokenizer), family), tokenizer, TINY_INPUTS)
     for layer in model.hf.model.encoder.layers:
         torch.nn.init.constant_(layer.fusion_layer.vision_param, FUSION_LAYER_SCALE)
         torch.nn.init.constant_(layer.fusion_layer.text_param, FUSION_LAYER_SCALE)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from transformers import GroundingDinoForObjectDetection
+from transformers import GroundingDinoForObjectDetection, MMGroundingDinoForObjectDetection
 from transformers.loss.loss_grounding_dino import GroundingDinoForObjectDetectionLoss
 
 import methods  # noqa: F401  (registers every method)
@@ -21,13 +21,14 @@ from bench.models import MODELS
 from bench.launch.local import run_local
 from bench.models.grounding_dino import config as gd_config
 from bench.models.grounding_dino import model as gd_model
-from bench.models.grounding_dino.model import GroundingDino, load_grounding_dino
+from bench.models.grounding_dino.model import GroundingDino, grounding_dino_on_config, load_grounding_dino
 from bench.models.grounding_dino.postprocess import select_detections
 from bench.runs.plan import plan_cells
 from bench.train.batches import TrainingPrompts, training_loader
-from bench.tuning.base import build_method
-from tests.grounding_dino_support import TINY_INPUTS, tiny_task
+from bench.tuning.base import METHODS, build_method
+from tests.grounding_dino_support import TINY_INPUTS, tiny_config, tiny_task, tiny_tokenizer, warmed_up_weights
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
+from tests.training_support import train_steps
 
 SHAPES_STEPS = 30
 
@@ -160,13 +161,13 @@ def test_vision_prompts_change_the_swin_output_and_keep_its_shapes(grounding_din
 
 # ----------------------------------------------------------------------------- loading
 def test_loading_without_weights_says_how_to_get_them(tmp_path):
-    with pytest.raises(BenchError, match="huggingface-cli download IDEA-Research/grounding-dino-tiny"):
+    with pytest.raises(BenchError, match="huggingface-cli download IDEA-Research/grounding-dino-tiny --local-dir grounding-dino-t"):
         MODELS.get("grounding-dino-t")()
-    with pytest.raises(BenchError, match="no readable Grounding DINO config.json"):
-        load_grounding_dino("b", weights=tmp_path / "missing")
+    with pytest.raises(BenchError, match="has no readable config.json.*huggingface-cli download IDEA-Research/grounding-dino-base"):
+        load_grounding_dino("grounding-dino", "b", weights=tmp_path / "missing")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(BenchError, match="is a file, not a from_pretrained folder"):
-        load_grounding_dino("t", weights=tmp_path / "model.safetensors")
+    with pytest.raises(BenchError, match="is a file, not a from_pretrained folder.*mm_grounding_dino_tiny"):
+        load_grounding_dino("mm-grounding-dino", "t", weights=tmp_path / "model.safetensors")
 
 
 @pytest.fixture()
@@ -180,37 +181,40 @@ def saved_tiny(grounding_dino_factory, tmp_path) -> tuple[GroundingDino, str]:
 
 def test_a_folder_of_another_size_is_refused_naming_what_it_holds(saved_tiny, monkeypatch):
     _, folder = saved_tiny
-    with pytest.raises(BenchError, match="which is no released Grounding DINO, not grounding-dino-t"):
-        load_grounding_dino("t", weights=folder)
+    with pytest.raises(BenchError, match="holds no released grounding-dino size .*, not grounding-dino-t"):
+        load_grounding_dino("grounding-dino", "t", weights=folder)
     monkeypatch.setitem(gd_config.SWIN_SHAPES, "b", gd_config.swin_shape_of(GroundingDinoForObjectDetection.config_class.from_pretrained(folder)))
-    with pytest.raises(BenchError, match="grounding-dino-b, not grounding-dino-t; pass --model grounding-dino-b"):
-        load_grounding_dino("t", weights=folder)
+    with pytest.raises(BenchError, match="holds grounding-dino-b .*, not grounding-dino-t; pass the grounding-dino-t folder or --model grounding-dino-b"):
+        load_grounding_dino("grounding-dino", "t", weights=folder)
 
 
 def test_a_saved_folder_loads_offline_and_predicts_what_was_saved(saved_tiny, monkeypatch):
     model, folder = saved_tiny
     monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
-    loaded = load_grounding_dino("t", weights=folder)
+    loaded = load_grounding_dino("grounding-dino", "t", weights=folder)
     images, sizes, _, prompt = tiny_task(model)
     with torch.no_grad():
         assert torch.equal(model.predict(images, sizes, [prompt]).logits, loaded.predict(images, sizes, [prompt]).logits)
 
 
-def test_an_mm_grounding_dino_folder_is_refused(saved_tiny):
-    _, folder = saved_tiny
+def test_a_folder_of_the_other_family_is_refused(saved_tiny, monkeypatch):
+    model, folder = saved_tiny
+    monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
+    with pytest.raises(BenchError, match="holds grounding-dino-t .*, not mm-grounding-dino-t; pass the mm-grounding-dino-t folder or --model grounding-dino-t"):
+        load_grounding_dino("mm-grounding-dino", "t", weights=folder)
     path = f"{folder}/config.json"
     config = json.loads(open(path).read())
-    config["model_type"] = "mm-grounding-dino"
+    config["model_type"] = "owlv2"
     open(path, "w").write(json.dumps(config))
-    with pytest.raises(BenchError, match="MMGroundingDinoForObjectDetection"):
-        load_grounding_dino("t", weights=folder)
+    with pytest.raises(BenchError, match="holds a 'owlv2' model, not one of grounding-dino, mm-grounding-dino"):
+        load_grounding_dino("grounding-dino", "t", weights=folder)
 
 
 def test_a_sweep_runs_grounding_dino_from_its_folder_end_to_end(saved_tiny, monkeypatch, tmp_path_factory):
     """``--model grounding-dino-t --weights DIR`` through planning, training, evaluation and the result store."""
     model, folder = saved_tiny
     monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
-    monkeypatch.setattr(gd_model, "GROUNDING_DINO_INPUTS", TINY_INPUTS)
+    monkeypatch.setattr(gd_model, "GROUNDING_DINO_INPUTS", TINY_INPUTS)  # CPU-sized images
     cache = synthetic_cache(tmp_path_factory, ["shapes-colours"])
     context = quiet_context(tmp_path_factory.mktemp("gd-sweep"), cache)
     request = tiny_request(["zero-shot", "sdpt"], ["shapes-colours"], method_options={"sdpt": {"num_tokens": 4}})
@@ -246,13 +250,50 @@ def test_a_short_run_on_synthetic_shapes_lowers_the_loss(name, grounding_dino_fa
     model = grounding_dino_factory()
     method = build_method(name)
     trainable = method.apply(model)
-    optimizer = torch.optim.AdamW(trainable.values(), lr=method.config.lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(SHAPES_STEPS):
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(model(shapes_batch.images, shapes_batch.sizes, shapes_batch.prompts, shapes_batch.targets).values())
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    batch = shapes_batch
+    losses = train_steps(model, trainable, batch.images, batch.sizes, batch.prompts, batch.targets, steps=SHAPES_STEPS, lr=method.config.lr)
     assert sum(losses[-3:]) / 3 < 0.97 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------- MM-Grounding-DINO
+@pytest.fixture(scope="module")
+def mm_factory(tmp_path_factory):
+    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("mm_tokenizer"))
+    weights = warmed_up_weights(tokenizer, "mm-grounding-dino")
+
+    def build() -> GroundingDino:
+        model = grounding_dino_on_config(tiny_config(len(tokenizer), "mm-grounding-dino"), tokenizer, TINY_INPUTS)
+        model.load_state_dict(weights)
+        return model.eval()
+
+    return build
+
+
+def test_mm_grounding_dino_with_empty_slots_is_plain_transformers(mm_factory):
+    model = mm_factory()
+    assert type(model.hf) is MMGroundingDinoForObjectDetection and len(model.fusion_layers()) == 2
+    plain = MMGroundingDinoForObjectDetection(model.hf.config).eval()
+    plain.load_state_dict(model.hf.state_dict(), strict=False)
+    images, sizes, _, prompt = tiny_task(model)
+    with torch.no_grad():
+        ours, theirs = model.predict(images, sizes, [prompt]), plain(**_inputs(model, prompt, images, sizes))
+    assert torch.equal(ours.logits, theirs.logits) and torch.equal(ours.pred_boxes, theirs.pred_boxes)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS.names()))
+def test_every_method_trains_mm_grounding_dino_as_declared(name, mm_factory):
+    """The first two contract checks on MM-Grounding-DINO: the declared count trains, nothing else moves."""
+    torch.manual_seed(0)
+    model = mm_factory()
+    method = build_method(name)
+    trainable = method.apply(model)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(trainable)
+    assert sum(p.numel() for p in trainable.values()) == method.expected_trainable(model)
+    if not trainable:
+        return
+    trained = {id(p) for p in trainable.values()}
+    before = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if id(v) not in trained}
+    images, sizes, targets, prompt = tiny_task(model)
+    losses = train_steps(model, trainable, images, sizes, prompt, targets, steps=2, lr=1e-2)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

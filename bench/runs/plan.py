@@ -117,7 +117,7 @@ def resolve_weights(request: SweepRequest) -> str | None:
         return None
     if not Path(path).exists():
         raise BenchError(
-            f"The weights {path} do not exist. Pass --weights the model's checkpoint file (GLIP: e.g. "
+            f"The weights path {path} does not exist. Pass --weights the model's checkpoint file (GLIP: e.g. "
             "glip_tiny_model_o365_goldg.pth from the GLIP model zoo) or its from_pretrained folder (Grounding DINO: "
             "e.g. a download of IDEA-Research/grounding-dino-tiny); README.md says where to get them. "
             "glip-nano's packaged weights are made by `python -m bench.pretrain`."

@@ -31,8 +31,8 @@ from bench.tuning.base import METHODS, build_method
 META_BUILDERS: dict[str, Callable[[], DetectorBase]] = {
     "glip-t": lambda: GLIP(GLIP_T),
     "glip-l": lambda: GLIP(GLIP_L),
-    "grounding-dino-t": lambda: grounding_dino_on_config(grounding_dino_config("t")),
-    "grounding-dino-b": lambda: grounding_dino_on_config(grounding_dino_config("b")),
+    "grounding-dino-t": lambda: grounding_dino_on_config(grounding_dino_config("t", "grounding-dino")),
+    "grounding-dino-b": lambda: grounding_dino_on_config(grounding_dino_config("b", "grounding-dino")),
 }
 DEFAULT_MODELS = "glip-t,glip-l,grounding-dino-t"
 

@@ -11,24 +11,14 @@ import methods  # noqa: F401  (registers every method)
 from bench.tuning.accounting import account
 from bench.tuning.base import METHODS, build_method
 from bench.tuning.state import load_tuned, save_tuned
+from tests.training_support import train_steps as run_steps
 
 ALL_METHODS = METHODS.names()
 TRAINING_METHODS = [name for name in ALL_METHODS if name != "zero-shot"]
 
 
-def train_steps(model, trainable, task, steps: int, lr: float | None = None) -> list[float]:
-    method_lr = lr
-    optimizer = torch.optim.AdamW(trainable.values(), lr=method_lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(model(task.images, task.sizes, task.prompt, task.targets).values())
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+def train_steps(model, trainable, task, steps: int, lr: float) -> list[float]:
+    return run_steps(model, trainable, task.images, task.sizes, task.prompt, task.targets, steps=steps, lr=lr)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)

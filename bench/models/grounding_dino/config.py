@@ -1,18 +1,21 @@
-"""Shapes of the released Grounding DINO models, as ``transformers`` config objects.
+"""Shapes of the released Grounding DINO and MM-Grounding-DINO models, as ``transformers`` config objects.
 
 Built from config objects only (no backbone name, which would make ``transformers`` fetch a config
 from the hub), so full-size models can be instantiated on the ``meta`` device for parameter
-accounting and a checkpoint folder can be checked against the model it is loaded as. The values are
-those of the ``IDEA-Research/grounding-dino-tiny`` and ``-base`` checkpoints: a Swin-T (Swin-B)
-backbone with outputs of stages 2-4, ``bert-base-uncased``, six encoder and six decoder layers,
-900 queries and 256 text slots.
+accounting and a checkpoint folder can be checked against the model it is loaded as. Every released
+model has a Swin backbone with outputs of stages 2-4, ``bert-base-uncased``, six encoder and six
+decoder layers, 900 queries and 256 text slots; the sizes differ in the Swin (T: the
+``IDEA-Research/grounding-dino-tiny`` and ``openmmlab-community/mm_grounding_dino_tiny_*``
+checkpoints, B: ``-base``, L: MM-Grounding-DINO's ``-large``). MM-Grounding-DINO is the same network
+with a learned bias in its contrastive class heads (``transformers``' own classes; whether its decoder
+heads are shared across layers is a field of each checkpoint's config).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import BertConfig, GroundingDinoConfig, SwinConfig
+from transformers import BertConfig, GroundingDinoConfig, MMGroundingDinoConfig, SwinConfig
 
 from bench.data.transforms import PixelNormalization
 from bench.models.base import InputSpec
@@ -20,19 +23,21 @@ from bench.models.base import InputSpec
 
 @dataclass(frozen=True)
 class SwinShape:
-    """What distinguishes the Swin backbones of the released models."""
+    """What distinguishes the Swin backbones of the released models (the weights' shapes)."""
 
     embed_dim: int
     depths: tuple[int, ...]
     num_heads: tuple[int, ...]
     window_size: int
-    image_size: int
 
 
 SWIN_SHAPES = {
-    "t": SwinShape(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, image_size=224),
-    "b": SwinShape(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12, image_size=384),
+    "t": SwinShape(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "b": SwinShape(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    "l": SwinShape(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
 }
+# The transformers config class of each family.
+FAMILY_CONFIGS = {"grounding-dino": GroundingDinoConfig, "mm-grounding-dino": MMGroundingDinoConfig}
 
 # Grounding DINO's pre-processing: RGB in 0..1, ImageNet statistics; training scales of the official
 # recipe (480..800 step 32, long side at most 1333) and 800/1333 at test time.
@@ -48,7 +53,6 @@ GROUNDING_DINO_INPUTS = InputSpec(
 
 def swin_config(shape: SwinShape) -> SwinConfig:
     return SwinConfig(
-        image_size=shape.image_size,
         embed_dim=shape.embed_dim,
         depths=list(shape.depths),
         num_heads=list(shape.num_heads),
@@ -58,9 +62,9 @@ def swin_config(shape: SwinShape) -> SwinConfig:
     )
 
 
-def grounding_dino_config(size: str) -> GroundingDinoConfig:
-    """The architecture of the released Grounding DINO of ``size`` ("t" or "b")."""
-    return GroundingDinoConfig(backbone_config=swin_config(SWIN_SHAPES[size]), text_config=BertConfig())
+def grounding_dino_config(size: str, family: str = "grounding-dino") -> GroundingDinoConfig | MMGroundingDinoConfig:
+    """The architecture of the released model of ``family`` and ``size`` ("t", "b", "l")."""
+    return FAMILY_CONFIGS[family](backbone_config=swin_config(SWIN_SHAPES[size]), text_config=BertConfig())
 
 
 def swin_shape_of(config: GroundingDinoConfig) -> SwinShape:
@@ -71,5 +75,4 @@ def swin_shape_of(config: GroundingDinoConfig) -> SwinShape:
         depths=tuple(backbone.depths),
         num_heads=tuple(backbone.num_heads),
         window_size=backbone.window_size,
-        image_size=backbone.image_size,
     )

@@ -5,8 +5,8 @@ the parent: :func:`adopt` turns a built (or loaded) module into the subclass in 
 names, state-dict keys and loaded weights stay exactly as ``transformers`` made them, and with every
 slot empty the forward pass *is* the parent's (the same code runs, bit for bit).
 
-* :class:`ExtensibleBiAttention` (``encoder.layers[i].fusion_layer.attn``): the fusion layer of the
-  model interface, with ``attention_projections()`` = ``(vision_proj, text_proj)`` and a
+* :class:`ExtensibleBiAttention` (``encoder.layers[i].fusion_layer.attn``; for MM-Grounding-DINO's
+  identical copy of the module, :class:`ExtensibleMMBiAttention`): the fusion layer of the model interface, with ``attention_projections()`` = ``(vision_proj, text_proj)`` and a
   ``token_extension`` slot (:class:`bench.models.base.TokenExtension`). Appended image rows are never
   masked; appended text rows get the mask the extension returns. The appended rows are cut from the
   attention outputs after ``out_vision_proj`` / ``out_text_proj``, which act row by row.
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
+from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import MMGroundingDinoBiMultiHeadAttention
 from transformers.models.swin.modeling_swin import SwinAttention, SwinLayer
 
 from bench.models.base import TokenExtension, checked_block_prompts, extend_tokens
@@ -31,14 +32,14 @@ from bench.models.base import TokenExtension, checked_block_prompts, extend_toke
 def adopt(module: nn.Module, subclass: type[nn.Module]) -> None:
     """Make ``module`` an instance of ``subclass`` (a parameter-free subclass of its exact type) and
     give it the subclass's empty slots."""
-    if type(module) is not subclass.__mro__[1]:
-        raise TypeError(f"{subclass.__name__} extends {subclass.__mro__[1].__name__}, not {type(module).__name__}.")
+    if type(module) not in subclass.__bases__:
+        raise TypeError(f"{subclass.__name__} extends {[b.__name__ for b in subclass.__bases__]}, not {type(module).__name__}.")
     module.__class__ = subclass
     subclass.init_slots(module)
 
 
-class ExtensibleBiAttention(GroundingDinoBiMultiHeadAttention):
-    """Grounding DINO's bidirectional image-text attention with a ``token_extension`` slot."""
+class TokenExtensionSlot:
+    """The ``token_extension`` slot, mixed into a Grounding DINO bidirectional image-text attention."""
 
     token_extension: TokenExtension | None
 
@@ -68,6 +69,21 @@ class ExtensibleBiAttention(GroundingDinoBiMultiHeadAttention):
             vision_attention_mask = F.pad(vision_attention_mask, (0, vision.shape[1] - n_v), value=False)
         (delta_v, weights_v), (delta_t, weights_t) = super().forward(vision, text, vision_attention_mask, real_text == 0)
         return (delta_v[:, :n_v], weights_v[:, :n_v]), (delta_t[:, :n_l], weights_t[:, :n_l])
+
+
+class ExtensibleBiAttention(TokenExtensionSlot, GroundingDinoBiMultiHeadAttention):
+    """Grounding DINO's bidirectional image-text attention with a ``token_extension`` slot."""
+
+
+class ExtensibleMMBiAttention(TokenExtensionSlot, MMGroundingDinoBiMultiHeadAttention):
+    """MM-Grounding-DINO's bidirectional image-text attention with a ``token_extension`` slot."""
+
+
+# The transformers modules that get slots, and the subclass each becomes.
+SLOTTED = {
+    GroundingDinoBiMultiHeadAttention: ExtensibleBiAttention,
+    MMGroundingDinoBiMultiHeadAttention: ExtensibleMMBiAttention,
+}
 
 
 class PromptableSwinAttention(SwinAttention):
@@ -119,3 +135,13 @@ class PromptableSwinLayer(SwinLayer):
         return super().forward(
             hidden_states, input_dimensions, always_partition, window_prompts=self.layernorm_before(prompts), **kwargs
         )
+
+
+SLOTTED[SwinLayer] = PromptableSwinLayer
+
+
+def add_slots(model: nn.Module) -> None:
+    """Give every fusion attention and Swin block of a (MM-)Grounding DINO its extension slot."""
+    for module in list(model.modules()):
+        if type(module) in SLOTTED:
+            adopt(module, SLOTTED[type(module)])

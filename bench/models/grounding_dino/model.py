@@ -1,4 +1,5 @@
-"""Grounding DINO (``transformers``' ``GroundingDinoForObjectDetection``) behind the detector interface.
+"""Grounding DINO (``transformers``' ``GroundingDinoForObjectDetection``, and MM-Grounding-DINO's
+``MMGroundingDinoForObjectDetection``) behind the detector interface.
 
 The ``transformers`` model is kept whole under ``hf`` (its own parameter names below that prefix) and
 runs its own forward pass; this wrapper adds what the harness and the methods need:
@@ -19,7 +20,8 @@ Parameter groups: ``vision_backbone`` the Swin; ``text_encoder`` BERT and ``text
 ``fusion`` the encoder's fusion layers; ``neck`` the rest of the feature enhancer (input projections,
 level embeddings, deformable image layers, text enhancer layers); ``head`` the decoder, query
 embeddings, two-stage proposal layers and box heads. The linear probe trains the decoder's box
-regression MLP: Grounding DINO's class logits are a parameter-free dot product with the text features.
+regression MLPs and the class heads' biases: Grounding DINO's class logits are a parameter-free dot
+product with the text features (MM-Grounding-DINO adds one learned bias per head).
 """
 
 from __future__ import annotations
@@ -31,16 +33,20 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torchvision.ops import box_convert
-from transformers import AutoTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
-from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
-from transformers.models.swin.modeling_swin import SwinLayer
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GroundingDinoForObjectDetection,
+    MMGroundingDinoForObjectDetection,
+    PretrainedConfig,
+)
 
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
 from bench.models import MODELS
 from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
-from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, swin_shape_of
-from bench.models.grounding_dino.extensions import ExtensibleBiAttention, PromptableSwinLayer, adopt
+from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
+from bench.models.grounding_dino.extensions import ExtensibleBiAttention, add_slots
 from bench.models.grounding_dino.loss import decoder_loss, proposal_loss
 from bench.models.grounding_dino.postprocess import select_detections
 from bench.models.grounding_dino.text import GroundingDinoText, ids_with_inserted_tokens
@@ -48,11 +54,11 @@ from bench.models.grounding_dino.text import GroundingDinoText, ids_with_inserte
 GROUNDING_DINO_STYLE = PromptStyle(separator=" . ", terminator=" .")
 # Detections kept per image and prompt chunk (the official COCO evaluation's num_select).
 DETECTIONS_PER_IMAGE = 300
-HUB_NAMES = {"t": "IDEA-Research/grounding-dino-tiny", "b": "IDEA-Research/grounding-dino-base"}
 
 
 class GroundingDino(DetectorBase):
-    """``hf``: a ``GroundingDinoForObjectDetection``; ``tokenizer``: its fast BERT tokenizer."""
+    """``hf``: a ``GroundingDinoForObjectDetection`` or ``MMGroundingDinoForObjectDetection``;
+    ``tokenizer``: its fast BERT tokenizer."""
 
     prompt_style = GROUNDING_DINO_STYLE
 
@@ -67,11 +73,7 @@ class GroundingDino(DetectorBase):
         hf.model.backbone.conv_encoder.model.swin.layernorm = nn.Identity()
         hf.config.auxiliary_loss = True
         hf.loss_function = decoder_loss
-        for module in list(hf.modules()):
-            if type(module) is GroundingDinoBiMultiHeadAttention:
-                adopt(module, ExtensibleBiAttention)
-            elif type(module) is SwinLayer:
-                adopt(module, PromptableSwinLayer)
+        add_slots(hf)
         self.language = GroundingDinoText(hf.model.text_backbone)
         self.text_feature_offset: nn.Module | None = None
         hf.model.text_projection.register_forward_pre_hook(self._offset_text_features)
@@ -123,10 +125,12 @@ class GroundingDino(DetectorBase):
         return stages
 
     def linear_probe_parameters(self) -> list[str]:
-        """The decoder's box-regression MLP (shared by all decoder layers)."""
-        return [n for n in self.base_parameter_names() if n.startswith("hf.model.decoder.bbox_embed.")]
+        """The decoder's box-regression MLPs and, where the class heads have one (MM-Grounding-DINO),
+        their logit biases."""
+        heads = ("hf.model.decoder.bbox_embed.", "hf.model.decoder.class_embed.")
+        return [n for n in self.base_parameter_names() if n.startswith(heads)]
 
-    def fusion_layers(self) -> list[ExtensibleBiAttention]:
+    def fusion_layers(self) -> list[ExtensibleBiAttention]:  # or ExtensibleMMBiAttention
         return [layer.fusion_layer.attn for layer in self.hf.model.encoder.layers]
 
     def text_encoder(self) -> GroundingDinoText:
@@ -200,59 +204,77 @@ class GroundingDino(DetectorBase):
 
 
 # ----------------------------------------------------------------------------- building
-def grounding_dino_on_config(config: GroundingDinoConfig, tokenizer: Any = None, inputs: InputSpec | None = None) -> GroundingDino:
-    """A randomly initialised Grounding DINO of ``config`` (tests; the ``meta`` device for accounting)."""
-    return GroundingDino(GroundingDinoForObjectDetection(config), tokenizer, inputs)
+FAMILY_MODELS = {"grounding-dino": GroundingDinoForObjectDetection, "mm-grounding-dino": MMGroundingDinoForObjectDetection}
+# A checkpoint on the Hugging Face Hub for each registered model, named in the how-to-download error.
+HUB_NAMES = {
+    "grounding-dino-t": "IDEA-Research/grounding-dino-tiny",
+    "grounding-dino-b": "IDEA-Research/grounding-dino-base",
+    "mm-grounding-dino-t": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+    "mm-grounding-dino-b": "openmmlab-community/mm_grounding_dino_base_o365v1_goldg_v3det",
+    "mm-grounding-dino-l": "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg",
+}
 
 
-def _missing_weights(size: str, weights: str | Path | None, reason: str) -> BenchError:
-    hub = HUB_NAMES[size]
+def grounding_dino_on_config(config: PretrainedConfig, tokenizer: Any = None, inputs: InputSpec | None = None) -> GroundingDino:
+    """A randomly initialised (MM-)Grounding DINO of ``config`` (tests; the ``meta`` device for accounting)."""
+    return GroundingDino(FAMILY_MODELS[config.model_type](config), tokenizer, inputs)
+
+
+def _missing_weights(name: str, reason: str) -> BenchError:
+    hub = HUB_NAMES[name]
     return BenchError(
-        f"grounding-dino-{size} needs its weights as a local folder (--weights DIR): {reason}. On a machine with "
-        f"network access run `huggingface-cli download {hub} --local-dir grounding-dino-{size}` (or "
-        f"`GroundingDinoForObjectDetection.from_pretrained('{hub}').save_pretrained(DIR)` plus the processor's "
-        "tokenizer), copy the folder here and pass --weights grounding-dino-" + size + "."
+        f"{name} needs its weights as a local folder (--weights DIR): {reason}. On a machine with network access run "
+        f"`huggingface-cli download {hub} --local-dir {name}` (the model and its tokenizer), copy the folder here "
+        f"and pass --weights {name}."
     )
 
 
-def load_grounding_dino(size: str, *, weights: str | Path | None = None) -> GroundingDino:
-    """Grounding DINO of ``size`` ("t"/"b") from a ``from_pretrained`` folder (or Hub cache name), offline.
+def _held_model(family: str, shape: SwinShape) -> str:
+    """The registered name of what a checkpoint holds, for errors."""
+    sizes = [size for size, known in SWIN_SHAPES.items() if known == shape and f"{family}-{size}" in HUB_NAMES]
+    return f"{family}-{sizes[0]}" if sizes else f"no released {family} size"
 
-    The folder must hold the model (``config.json`` and weights) and its tokenizer; a folder whose
-    backbone is not the named size's is refused, naming the model it does hold.
+
+def load_grounding_dino(family: str, size: str, *, weights: str | Path | None = None) -> GroundingDino:
+    """The ``family`` model of ``size`` from a ``from_pretrained`` folder, offline.
+
+    The folder must hold the model (``config.json`` and weights) and its tokenizer; a folder of the
+    other family or of another size is refused, naming the model it does hold.
     """
+    name = f"{family}-{size}"
     if weights is None:
-        raise _missing_weights(size, weights, "no --weights was given")
+        raise _missing_weights(name, "no --weights was given")
     source = str(weights)
     if Path(source).is_file():
-        raise _missing_weights(size, weights, f"{source} is a file, not a from_pretrained folder")
+        raise _missing_weights(name, f"{source} is a file, not a from_pretrained folder")
     try:
-        config = GroundingDinoConfig.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise _missing_weights(size, weights, f"{source!r} has no readable Grounding DINO config.json ({type(err).__name__})") from None
-    if config.model_type != "grounding-dino":
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise _missing_weights(name, f"{source!r} has no readable config.json ({type(err).__name__})") from None
+    if config.model_type not in FAMILY_MODELS:
+        raise BenchError(f"{source} holds a {config.model_type!r} model, not one of {', '.join(FAMILY_MODELS)}; pass a {name} folder.")
+    held = _held_model(config.model_type, swin_shape_of(config))
+    if held != name:
         raise BenchError(
-            f"{source} holds a {config.model_type!r} model, not Grounding DINO; MM-Grounding-DINO checkpoints load through "
-            "transformers' MMGroundingDinoForObjectDetection, which has other heads and is not a backend here."
-        )
-    held = swin_shape_of(config)
-    if held != SWIN_SHAPES[size]:
-        names = [f"grounding-dino-{s}" for s, shape in SWIN_SHAPES.items() if shape == held] or ["no released Grounding DINO"]
-        raise BenchError(
-            f"{source} holds a Grounding DINO with Swin embed_dim {held.embed_dim} and depths {list(held.depths)}, which is "
-            f"{names[0]}, not grounding-dino-{size}; pass --model {names[0]} or the grounding-dino-{size} folder."
+            f"{source} holds {held} (Swin embed_dim {config.backbone_config.embed_dim}, depths "
+            f"{list(config.backbone_config.depths)}), not {name}; pass the {name} folder"
+            + (f" or --model {held}." if held in HUB_NAMES else ".")
         )
     try:
-        model = GroundingDinoForObjectDetection.from_pretrained(source, local_files_only=True)
+        model = FAMILY_MODELS[family].from_pretrained(source, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, use_fast=True)
     except (OSError, ValueError) as err:
-        raise _missing_weights(size, weights, f"loading from {source!r} failed ({err})") from None
+        raise _missing_weights(name, f"loading from {source!r} failed ({err})") from None
     return GroundingDino(model.eval(), tokenizer)
 
 
-def _register(size: str, description: str) -> None:
-    MODELS.add(f"grounding-dino-{size}", partial(load_grounding_dino, size), description)
-
-
-_register("t", "Grounding DINO-T (transformers): Swin-T, BERT-base, 6 encoder + 6 decoder layers (172.3M parameters); --weights DIR")
-_register("b", "Grounding DINO-B (transformers): Swin-B, BERT-base, 6 encoder + 6 decoder layers (232.3M parameters); --weights DIR")
+DESCRIPTIONS = {
+    "grounding-dino-t": "Grounding DINO-T (transformers): Swin-T, BERT-base, 6 encoder + 6 decoder layers (172.2M parameters)",
+    "grounding-dino-b": "Grounding DINO-B (transformers): Swin-B, BERT-base, 6 encoder + 6 decoder layers (232.3M parameters)",
+    "mm-grounding-dino-t": "MM-Grounding-DINO-T (transformers): Grounding DINO's network with learned class-head biases, Swin-T",
+    "mm-grounding-dino-b": "MM-Grounding-DINO-B (transformers): Grounding DINO's network with learned class-head biases, Swin-B",
+    "mm-grounding-dino-l": "MM-Grounding-DINO-L (transformers): Grounding DINO's network with learned class-head biases, Swin-L",
+}
+for _name, _description in DESCRIPTIONS.items():
+    _family, _size = _name.rsplit("-", 1)
+    MODELS.add(_name, partial(load_grounding_dino, _family, _size), f"{_description}; --weights DIR")
