@@ -58,6 +58,7 @@ def test_decoder_loss_from_positive_maps_equals_the_transformers_loss_of_plain_p
     model = grounding_dino_factory().train()
     plain = copy.deepcopy(model.hf)
     plain.loss_function = GroundingDinoForObjectDetectionLoss  # transformers' own: class tokens from the ids
+    plain.config.auxiliary_loss = True  # ours always adds the earlier decoder layer's loss
     images, sizes, targets, prompt = tiny_task(model)
     ours = model(images, sizes, prompt, targets)["loss_decoder"]
     h, w = sizes[0].tolist()

@@ -4,7 +4,8 @@ Two terms, both with ``transformers``' matcher and losses (Hungarian matching wi
 focal loss over the text tokens, L1 and GIoU box losses, its loss weights):
 
 * :func:`decoder_loss`, installed as the model's ``loss_function``: the last decoder layer plus one
-  auxiliary loss per earlier decoder layer, as in the official training recipe;
+  auxiliary loss per earlier decoder layer, as in the official training recipe (released configs
+  have ``auxiliary_loss`` off, which only matters to ``transformers``' own loss);
 * :func:`proposal_loss`: the two-stage encoder loss on the ``num_queries`` proposals the encoder
   selects, scored from the encoder memory and with boxes that keep their gradient, as the official
   code supervises them. ``transformers``' own two-stage term instead scores the learned query
@@ -41,7 +42,7 @@ def _table(labels: list[dict[str, torch.Tensor]], device) -> tuple[torch.Tensor,
 
 
 def _single_stage(config: GroundingDinoConfig, auxiliary: bool) -> GroundingDinoConfig:
-    """``config`` as the criterion should see it: no two-stage term, auxiliary losses as asked."""
+    """``config`` as the criterion should see it (a copy): no two-stage term, auxiliary losses as asked."""
     view = copy.copy(config)
     view.two_stage, view.auxiliary_loss = False, auxiliary
     return view
@@ -55,7 +56,7 @@ def decoder_loss(logits, labels, device, pred_boxes, config, label_maps, text_ma
         return logits.masked_fill(~text_mask, 0).sum() * 0.0, {}, None
     outputs.pop("encoder_logits", None), outputs.pop("encoder_pred_boxes", None)
     return GroundingDinoForObjectDetectionLoss(
-        logits, targets, device, pred_boxes, _single_stage(config, config.auxiliary_loss), (table,) * len(labels), text_mask, **outputs
+        logits, targets, device, pred_boxes, _single_stage(config, True), (table,) * len(labels), text_mask, **outputs
     )
 
 

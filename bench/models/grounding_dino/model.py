@@ -6,9 +6,10 @@ runs its own forward pass; this wrapper adds what the harness and the methods ne
 
 * prompts in Grounding DINO's convention (``"cat . dog ."``, :data:`GROUNDING_DINO_STYLE`), padded to
   the longest caption of the batch, and chunked vocabularies (one full pass per chunk, merged);
-* training losses with ``transformers``' criterion (:mod:`bench.models.grounding_dino.loss`): the
-  decoder layers' losses (auxiliary ones switched on, as in the official training recipe) and the
-  encoder's loss on its selected proposals as the official code computes it;
+* training losses with ``transformers``' criterion (:mod:`bench.models.grounding_dino.loss`): every
+  decoder layer's loss (the last one's plus auxiliary ones, as in the official training recipe,
+  whatever the checkpoint's ``auxiliary_loss`` says) and the encoder's loss on its selected
+  proposals as the official code computes it;
 * detections selected as the official COCO evaluation does (:mod:`bench.models.grounding_dino.postprocess`);
 * the extension points of :mod:`bench.models.base`: Swin blocks with ``extra_tokens``, the BERT text
   slots (:mod:`bench.models.grounding_dino.text`), ``text_feature_offset`` applied to BERT's output
@@ -44,9 +45,9 @@ from transformers import (
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
 from bench.models import MODELS
-from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
+from bench.models.base import DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
-from bench.models.grounding_dino.extensions import ExtensibleBiAttention, add_slots
+from bench.models.grounding_dino.extensions import add_slots
 from bench.models.grounding_dino.loss import decoder_loss, proposal_loss
 from bench.models.grounding_dino.postprocess import select_detections
 from bench.models.grounding_dino.text import GroundingDinoText, ids_with_inserted_tokens
@@ -62,7 +63,9 @@ class GroundingDino(DetectorBase):
 
     prompt_style = GROUNDING_DINO_STYLE
 
-    def __init__(self, hf: GroundingDinoForObjectDetection, tokenizer: Any = None, inputs: InputSpec | None = None) -> None:
+    def __init__(
+        self, hf: GroundingDinoForObjectDetection | MMGroundingDinoForObjectDetection, tokenizer: Any = None, inputs: InputSpec | None = None
+    ) -> None:
         super().__init__()
         self.hf = hf
         self.tokenizer = tokenizer
@@ -71,7 +74,6 @@ class GroundingDino(DetectorBase):
         # transformers' SwinBackbone normalises each output stage with its own norm and never calls
         # this final LayerNorm; the checkpoints do not hold it. Dropped, so counts cover acting weights.
         hf.model.backbone.conv_encoder.model.swin.layernorm = nn.Identity()
-        hf.config.auxiliary_loss = True
         hf.loss_function = decoder_loss
         add_slots(hf)
         self.language = GroundingDinoText(hf.model.text_backbone)
@@ -130,7 +132,8 @@ class GroundingDino(DetectorBase):
         heads = ("hf.model.decoder.bbox_embed.", "hf.model.decoder.class_embed.")
         return [n for n in self.base_parameter_names() if n.startswith(heads)]
 
-    def fusion_layers(self) -> list[ExtensibleBiAttention]:  # or ExtensibleMMBiAttention
+    def fusion_layers(self) -> list[FusionLayer]:
+        """``encoder.layers[i].fusion_layer.attn`` with their ``token_extension`` slots."""
         return [layer.fusion_layer.attn for layer in self.hf.model.encoder.layers]
 
     def text_encoder(self) -> GroundingDinoText:
