@@ -110,6 +110,16 @@ def test_detections_average_each_class_tokens_and_scale_boxes_to_the_image():
     assert torch.allclose(found.boxes, torch.tensor([[0.0, 0.0, 40.0, 20.0], [20.0, 10.0, 60.0, 30.0]]))
 
 
+def test_images_too_small_for_the_proposal_count_are_explained(grounding_dino_factory):
+    model = grounding_dino_factory()
+    # 64x96 with patch 4: strides 8, 16, 32 and 64 give 8*12 + 4*6 + 2*3 + 1*2 = 128 positions.
+    assert model.encoder_positions(64, 96) == 128
+    _, _, _, prompt = tiny_task(model)
+    model.hf.config.num_queries = 129
+    with pytest.raises(BenchError, match="give the encoder 128 positions, fewer than the 129 proposals"):
+        model.predict(torch.zeros(1, 3, 64, 96), torch.tensor([[64, 96]]), [prompt])
+
+
 def test_chunked_detection_scores_every_chunk_with_its_own_labels(grounding_dino_factory):
     model = grounding_dino_factory()
     images, sizes, _, _ = tiny_task(model)

@@ -1,4 +1,4 @@
-"""Peak-memory probe for the GLIP benchmarks, run in a fresh process so earlier work does not count.
+"""Peak-memory probe for the detector benchmarks, run in a fresh process so earlier work does not count.
 
     python tests/benchmarks/glip_probe.py MODEL forward|train SIZE
 
@@ -15,6 +15,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,8 +27,20 @@ sys.path.insert(0, str(REPO))
 
 from bench.data.prompts import PromptClass, build_prompt  # noqa: E402
 from bench.models import MODELS  # noqa: E402
+from bench.models.grounding_dino.config import grounding_dino_config  # noqa: E402
+from bench.models.grounding_dino.model import grounding_dino_on_config  # noqa: E402
+from tests.grounding_dino_support import tiny_tokenizer  # noqa: E402
 
 TOKENIZER = REPO / "tests" / "fixtures" / "glip_parity_A" / "bert_local"
+
+
+def _random_model(model_name: str):
+    """GLIP from its factory with the fixture's small vocabulary; Grounding DINO from its architecture,
+    with a vocabulary that has bert-base-uncased's special-token ids (which Grounding DINO hard-codes)."""
+    if model_name.startswith("grounding-dino-"):
+        tokenizer = tiny_tokenizer(Path(tempfile.mkdtemp()))
+        return grounding_dino_on_config(grounding_dino_config(model_name.rsplit("-", 1)[1]), tokenizer)
+    return MODELS.get(model_name)(tokenizer=TOKENIZER)
 
 
 def build(model_name: str, size: int):
@@ -36,8 +49,9 @@ def build(model_name: str, size: int):
     The two boxes are drawn for a 256x256 image and scaled with ``size``, so they stay inside it.
     """
     torch.manual_seed(0)
-    model = MODELS.get(model_name)(tokenizer=TOKENIZER)
-    prompt = build_prompt([PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")], model.tokenizer)
+    model = _random_model(model_name)
+    classes = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), PromptClass(3, "green triangle")]
+    prompt = build_prompt(classes, model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)
     images = torch.randn(1, 3, size, size)
     sizes = torch.tensor([[size, size]])
     boxes = torch.tensor([[10.0, 20.0, 90.0, 120.0], [100.0, 40.0, 200.0, 180.0]]) * (size / 256)

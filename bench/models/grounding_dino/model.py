@@ -27,6 +27,7 @@ product with the text features (MM-Grounding-DINO adds one learned bias per head
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -148,6 +149,7 @@ class GroundingDino(DetectorBase):
         if self.tokenizer is None:
             raise RuntimeError("Grounding DINO needs a tokenizer to encode prompts; build it with a tokenizer.")
         self.check_fit(prompts)
+        self._check_size(images)
         device = images.device
         shift = self.language.token_shift()
         tokens = self.tokenizer([p.caption for p in prompts], padding="longest", return_tensors="pt")
@@ -165,6 +167,26 @@ class GroundingDino(DetectorBase):
                 outputs = run(input_ids=ids_with_inserted_tokens(input_ids, shift), attention_mask=mask)
         outputs["text_mask"] = mask
         return outputs
+
+    def encoder_positions(self, height: int, width: int) -> int:
+        """Image positions the encoder sees for a padded ``height x width`` batch: every feature level,
+        Swin's output stages (stride ``patch * 2^(stage - 1)``) then the extra stride-2 levels."""
+        config = self.hf.config
+        patch = config.backbone_config.patch_size
+        strides = [patch * 2 ** (index - 1) for index in config.backbone_config.out_indices]
+        while len(strides) < config.num_feature_levels:
+            strides.append(strides[-1] * 2)
+        return sum(math.ceil(height / s) * math.ceil(width / s) for s in strides[: config.num_feature_levels])
+
+    def _check_size(self, images: torch.Tensor) -> None:
+        """The two-stage encoder picks ``num_queries`` proposals among its positions: smaller images cannot work."""
+        positions, wanted = self.encoder_positions(*images.shape[-2:]), self.hf.config.num_queries
+        if positions < wanted:
+            raise BenchError(
+                f"Images of {images.shape[-2]}x{images.shape[-1]} pixels give the encoder {positions} positions, fewer than "
+                f"the {wanted} proposals (num_queries) it selects; feed larger images (the model's input_spec resizes "
+                f"to a {self.input_spec.min_size_test}-pixel short side)."
+            )
 
     def forward(
         self,
