@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import copy  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,7 +50,7 @@ def grounding_dino_factory(tmp_path_factory):
     weights = warmed_up_weights(tokenizer)
 
     def build():
-        model = grounding_dino_on_config(config, tokenizer, TINY_INPUTS)
+        model = grounding_dino_on_config(copy.deepcopy(config), tokenizer, TINY_INPUTS)  # a config of its own
         model.load_state_dict(weights)
         return model.eval()
 

@@ -105,7 +105,10 @@ def test_detections_average_each_class_tokens_and_scale_boxes_to_the_image():
     logits = torch.logit(probs)
     boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]]])  # cx, cy, w, h of the image
     found = select_detections(logits, boxes, torch.tensor([[40, 80]]), [prompt], detections_per_image=2)[0]
-    assert found.labels.tolist() == [2, 1]
+    assert found.labels.tolist() == [2, 1] and found.labels.dtype == torch.long
+    unlocated = Prompt("red square .", (1,), {1: (0, 10)}, {}, 5, unlocated=(1,))
+    nothing = select_detections(logits, boxes, torch.tensor([[40, 80]]), [unlocated], detections_per_image=2)[0]
+    assert nothing.labels.dtype == torch.long and len(nothing.labels) == 0
     assert torch.allclose(found.scores, torch.tensor([0.8, 0.7]))
     assert torch.allclose(found.boxes, torch.tensor([[0.0, 0.0, 40.0, 20.0], [20.0, 10.0, 60.0, 30.0]]))
 
@@ -131,20 +134,24 @@ def test_chunked_detection_scores_every_chunk_with_its_own_labels(grounding_dino
     assert len(found.labels) == 20 * 2 + 20  # the top (query, class) pairs of each chunk: all of them here
 
 
-def test_inserted_context_keeps_each_class_phrase_encoded_as_before(grounding_dino_factory):
-    """CoOp's context tokens become one-token phrases: BERT's features of the class tokens do not change."""
+def test_inserted_context_is_seen_by_every_phrase_while_phrases_stay_apart(grounding_dino_factory):
+    """CoOp's context tokens condition every class name in BERT; one class name still cannot see another."""
     model = grounding_dino_factory()
     images, sizes, _, prompt = tiny_task(model)
+    other = build_prompts([PromptClass(1, "red square"), PromptClass(2, "yellow circle"), PromptClass(3, "green triangle")],
+                          model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)[0]
+    assert other.label_to_tokens == prompt.label_to_tokens  # only the word of class 2 differs
     captured = []
     model.hf.model.text_backbone.register_forward_hook(lambda _m, _i, out: captured.append(out.last_hidden_state))
     with torch.no_grad():
         model.predict(images, sizes, [prompt])
         build_method("coop", {"context_tokens": 3}).apply(model)
         model.predict(images, sizes, [prompt])
-    before, after = captured
-    tokens = [t for label in prompt.labels for t in prompt.label_to_tokens[label]]
-    assert torch.allclose(after[0, [t + 3 for t in tokens]], before[0, tokens], atol=1e-5)
-    assert not torch.allclose(after[0, 1:4], before[0, 1:4])
+        model.predict(images, sizes, [other])
+    plain, with_context, other_class_2 = captured
+    first = [t + 3 for t in prompt.label_to_tokens[1]]
+    assert not torch.allclose(with_context[0, first], plain[0, prompt.label_to_tokens[1]], atol=1e-4)
+    assert torch.allclose(with_context[0, first], other_class_2[0, first], atol=1e-6)
 
 
 def test_sdpt_uses_vision_proj_and_text_proj_of_every_fusion_layer(grounding_dino_factory):
@@ -273,7 +280,7 @@ def mm_factory(tmp_path_factory):
     weights = warmed_up_weights(tokenizer, "mm-grounding-dino")
 
     def build() -> GroundingDino:
-        model = grounding_dino_on_config(tiny_config(len(tokenizer), "mm-grounding-dino"), tokenizer, TINY_INPUTS)
+        model = grounding_dino_on_config(tiny_config(len(tokenizer), "mm-grounding-dino"), tokenizer, TINY_INPUTS)  # fresh config
         model.load_state_dict(weights)
         return model.eval()
 

@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -76,28 +77,44 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def reset_peak_rss() -> None:
-    """Start the peak-RSS counter afresh (Linux >= 4.0), so that a peak while building does not count.
+class PeakRss:
+    """The largest resident set seen while the block runs, sampled every millisecond from a thread.
 
-    Where ``/proc/self/clear_refs`` cannot be written the counter keeps the process's whole history,
-    and a step that stays below the build's peak reports less than it added (never more).
+    Sampling instead of the kernel's high-water mark (``ru_maxrss``): resetting that mark through
+    ``/proc/self/clear_refs`` did not take in every environment, and a mark left from building the
+    model then hid the step's own peak.
     """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+
+    def __init__(self, interval_s: float = 1e-3) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "PeakRss":
+        self.peak = rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
 
 
 def measure(run: Callable[[], object]) -> dict:
     """Seconds of ``run()`` and the peak resident memory it added over what was resident before it."""
     before = rss_bytes()
-    reset_peak_rss()
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "peak_added_mib": max(peak - before, 0) / 2**20, "rss_before_mib": before / 2**20}
+    with PeakRss() as peak:
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_added_mib": max(peak.peak - before, 0) / 2**20, "rss_before_mib": before / 2**20}
 
 
 def run_probe(script: Path, *args: object, timeout: float = 1800) -> dict:

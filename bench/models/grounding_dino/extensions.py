@@ -9,7 +9,8 @@ slot empty the forward pass *is* the parent's (the same code runs, bit for bit).
   identical copy of the module, :class:`ExtensibleMMBiAttention`): the fusion layer of the model interface, with ``attention_projections()`` = ``(vision_proj, text_proj)`` and a
   ``token_extension`` slot (:class:`bench.models.base.TokenExtension`). Appended image rows are never
   masked; appended text rows get the mask the extension returns. The appended rows are cut from the
-  attention outputs after ``out_vision_proj`` / ``out_text_proj``, which act row by row.
+  attention outputs after ``out_vision_proj`` / ``out_text_proj``, which act row by row (and from
+  both axes of the returned attention weights).
 * :class:`PromptableSwinLayer` (every Swin block): an ``extra_tokens`` slot. The prompts
   ``[B, P, C]`` are normalised by the block's ``layernorm_before`` and join the attention of every
   window as ``P`` extra keys and values with zero relative-position bias, never hidden by the
@@ -68,7 +69,7 @@ class TokenExtensionSlot:
         if vision_attention_mask is not None:
             vision_attention_mask = F.pad(vision_attention_mask, (0, vision.shape[1] - n_v), value=False)
         (delta_v, weights_v), (delta_t, weights_t) = super().forward(vision, text, vision_attention_mask, real_text == 0)
-        return (delta_v[:, :n_v], weights_v[:, :n_v]), (delta_t[:, :n_l], weights_t[:, :n_l])
+        return (delta_v[:, :n_v], weights_v[:, :n_v, :n_l]), (delta_t[:, :n_l], weights_t[:, :n_l, :n_v])
 
 
 class ExtensibleBiAttention(TokenExtensionSlot, GroundingDinoBiMultiHeadAttention):

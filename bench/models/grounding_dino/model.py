@@ -9,7 +9,8 @@ runs its own forward pass; this wrapper adds what the harness and the methods ne
 * training losses with ``transformers``' criterion (:mod:`bench.models.grounding_dino.loss`): every
   decoder layer's loss (the last one's plus auxiliary ones, as in the official training recipe,
   whatever the checkpoint's ``auxiliary_loss`` says) and the encoder's loss on its selected
-  proposals as the official code computes it;
+  proposals as the official code computes it (the official recipe's contrastive denoising queries
+  are in neither ``transformers`` nor here);
 * detections selected as the official COCO evaluation does (:mod:`bench.models.grounding_dino.postprocess`);
 * the extension points of :mod:`bench.models.base`: Swin blocks with ``extra_tokens``, the BERT text
   slots (:mod:`bench.models.grounding_dino.text`), ``text_feature_offset`` applied to BERT's output
@@ -79,12 +80,17 @@ class GroundingDino(DetectorBase):
         add_slots(hf)
         self.language = GroundingDinoText(hf.model.text_backbone)
         self.text_feature_offset: nn.Module | None = None
-        hf.model.text_projection.register_forward_pre_hook(self._offset_text_features)
+        # On BERT's output (not on text_projection's input), so that a peft wrapper around
+        # text_projection still receives the offset features.
+        hf.model.text_backbone.register_forward_hook(self._offset_text_features)
 
-    def _offset_text_features(self, _module: nn.Module, args: tuple) -> tuple | None:
+    def _offset_text_features(self, _bert: nn.Module, _inputs: tuple, output):
         if self.text_feature_offset is None:
             return None
-        return (self.text_feature_offset(args[0]), *args[1:])
+        if isinstance(output, tuple):
+            return (self.text_feature_offset(output[0]), *output[1:])
+        output.last_hidden_state = self.text_feature_offset(output.last_hidden_state)
+        return output
 
     # ----------------------------------------------------------------- extension points
     @property
@@ -119,7 +125,9 @@ class GroundingDino(DetectorBase):
         return blocks
 
     def vision_stage_parameters(self) -> list[list[str]]:
-        """``[patch embedding, stage 1 (blocks + its patch merging), stage 2, ...]``."""
+        """``[patch embedding, stage 1 (blocks + its patch merging), stage 2, ...]``; the output norms
+        of the stages (``hidden_states_norms``) are in no stage, as GLIP's ``FREEZE_CONV_BODY_AT``
+        leaves its Swin's output norms trainable."""
         prefix = "hf.model.backbone.conv_encoder.model.swin."
         names = [n for n in self.base_parameter_names() if n.startswith(prefix)]
         stages = [[n for n in names if n.startswith(f"{prefix}embeddings.")]]

@@ -33,5 +33,5 @@ def select_detections(
         height, width = (int(v) for v in image_sizes[i])
         scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
         xyxy = clip_boxes_to_image(box_convert(boxes[i, query].float(), "cxcywh", "xyxy") * scale, (height, width))
-        found.append(Detections(boxes=xyxy, scores=scores, labels=torch.tensor(labels, device=probs.device)[column]))
+        found.append(Detections(boxes=xyxy, scores=scores, labels=torch.tensor(labels, dtype=torch.long, device=probs.device)[column]))
     return found

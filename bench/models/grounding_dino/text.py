@@ -3,12 +3,15 @@
 Grounding DINO lets BERT attend only within a phrase: ``transformers`` derives a block-diagonal
 self-attention mask and per-phrase position ids from the token ids, splitting at ``[CLS]``,
 ``[SEP]``, ``.`` and ``?`` (the ids 101, 102, 1012 and 1029 of bert-base-uncased are hard-coded).
-Tokens that a text hook inserts after ``[CLS]`` (CoOp's context) are therefore given the id of
-``.`` in the ids the model sees: each becomes a one-token phrase, the class phrases keep their
-masks and position ids, and the context acts on the detection through the fusion layers, the
-feature enhancer and the decoder's text cross-attention, where every real token is visible.
-Their embeddings are the hook's, substituted for the word-embedding lookup
-(:meth:`GroundingDinoText.substituted_word_embeddings`).
+Tokens that a text hook inserts after ``[CLS]`` (CoOp's context, MaPLe's prompts) are given the id
+of ``.`` in the ids the model sees, so the class phrases keep their blocks and position ids (each
+inserted token is a phrase of its own, at position 0). BERT's mask is then widened so that every
+token also attends to the inserted ones, as CoOp and MaPLe intend (shared context that conditions
+every class name), while the class phrases still do not see each other
+(:meth:`GroundingDinoText.context_visible`). The feature enhancer's text self-attention keeps
+``transformers``' phrase mask (the context is isolated there); the fusion layers and the decoder's
+text cross-attention see every real token. The inserted tokens' embeddings are the hook's,
+substituted for the word-embedding lookup (:meth:`GroundingDinoText.substituted_word_embeddings`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,23 @@ class GroundingDinoText(BertTextSlots):
         super().__init__()
         object.__setattr__(self, "_bert", bert)
         self.attach_layer_hooks()
+        bert.register_forward_pre_hook(self.context_visible, with_kwargs=True)
+
+    def context_visible(self, _bert: BertModel, args: tuple, kwargs: dict) -> tuple | None:
+        """BERT's ``[B, 1, T, T]`` phrase mask (True = may attend) with the columns of the inserted
+        tokens opened to every row; nothing changes when nothing is inserted."""
+        shift = self.token_shift()
+        if shift == 0:
+            return None
+        args, kwargs = list(args), dict(kwargs)
+        positional = len(args) > 1
+        mask = (args[1] if positional else kwargs["attention_mask"]).clone()
+        mask[..., 1 : 1 + shift] = True
+        if positional:
+            args[1] = mask
+        else:
+            kwargs["attention_mask"] = mask
+        return tuple(args), kwargs
 
     @property
     def bert(self) -> BertModel:
