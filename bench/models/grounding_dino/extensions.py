@@ -80,13 +80,6 @@ class ExtensibleMMBiAttention(TokenExtensionSlot, MMGroundingDinoBiMultiHeadAtte
     """MM-Grounding-DINO's bidirectional image-text attention with a ``token_extension`` slot."""
 
 
-# The transformers modules that get slots, and the subclass each becomes.
-SLOTTED = {
-    GroundingDinoBiMultiHeadAttention: ExtensibleBiAttention,
-    MMGroundingDinoBiMultiHeadAttention: ExtensibleMMBiAttention,
-}
-
-
 class PromptableSwinAttention(SwinAttention):
     """Window attention that also attends to per-image prompt tokens (keys and values only)."""
 
@@ -138,7 +131,12 @@ class PromptableSwinLayer(SwinLayer):
         )
 
 
-SLOTTED[SwinLayer] = PromptableSwinLayer
+# The transformers modules that get slots, and the subclass each becomes.
+SLOTTED = {
+    GroundingDinoBiMultiHeadAttention: ExtensibleBiAttention,
+    MMGroundingDinoBiMultiHeadAttention: ExtensibleMMBiAttention,
+    SwinLayer: PromptableSwinLayer,
+}
 
 
 def add_slots(model: nn.Module) -> None:

@@ -54,7 +54,8 @@ def decoder_loss(logits, labels, device, pred_boxes, config, label_maps, text_ma
     table, targets = _table(labels, device)
     if table.shape[0] == 0:  # no box in the whole batch: the matcher cannot run; nothing to learn from
         return logits.masked_fill(~text_mask, 0).sum() * 0.0, {}, None
-    outputs.pop("encoder_logits", None), outputs.pop("encoder_pred_boxes", None)
+    for replaced in ("encoder_logits", "encoder_pred_boxes"):  # the two-stage term is proposal_loss
+        outputs.pop(replaced, None)
     return GroundingDinoForObjectDetectionLoss(
         logits, targets, device, pred_boxes, _single_stage(config, True), (table,) * len(labels), text_mask, **outputs
     )
