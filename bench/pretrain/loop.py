@@ -22,7 +22,7 @@ from bench.errors import BenchError
 from bench.models.base import DetectorBase
 from bench.pretrain.corpus import CorpusPart
 from bench.train.batches import TrainingBatch, training_loader
-from bench.train.meters import set_training_modes
+from bench.train.modes import set_training_modes
 from bench.train.optim import LearningRateSchedule, build_optimizer
 from bench.train.protocol import Protocol
 from bench.tuning.base import build_method

@@ -28,7 +28,7 @@ from bench.train.batches import TrainingPrompts, training_loader, training_subse
 from bench.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from bench.train.distributed import ProcessGroup
 from bench.train.evaluate import evaluate
-from bench.train.meters import set_training_modes
+from bench.train.modes import set_training_modes
 from bench.train.optim import LearningRateSchedule, build_optimizer
 from bench.train.protocol import Protocol
 from bench.tuning.base import Method
@@ -152,7 +152,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
         )
     bar = tqdm(total=total, initial=start, desc=f"train {job.method.name} on {job.dataset.name}",
                disable=not job.progress or not group.is_main or counters["stopped_early"], unit="step", leave=False)
-    set_training_modes(model)
+    set_training_modes(model, protocol.frozen_modules)
     step = start
     while step < total and not counters["stopped_early"]:
         tick = time.perf_counter()
@@ -190,7 +190,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
                 if group.is_main:
                     save_tuned(best_path, model, job.method, job.trainable)
             counters["stopped_early"] = protocol.selection == "best-val" and schedule.should_stop()
-            set_training_modes(model)
+            set_training_modes(model, protocol.frozen_modules)
             checkpoint()
         elif step % protocol.checkpoint_every == 0:
             checkpoint()

@@ -1,4 +1,4 @@
-"""Cost meters: peak memory of a run (CUDA allocator or process RSS) and modes of the modules.
+"""Cost meters: peak memory of a run (CUDA allocator or process RSS).
 
 On CUDA the peak is ``torch.cuda.max_memory_allocated`` after a reset. On CPU there are no allocator
 statistics, so the peak resident set size of the process is used: Linux resets its high-water mark
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 
 class PeakMemory:
@@ -42,23 +41,3 @@ class PeakMemory:
             pass
         return 0
 
-
-def set_training_modes(model: nn.Module) -> None:
-    """Train mode where something is trained, eval mode on frozen parts.
-
-    As GLIP does for its frozen components, a module whose parameters are all frozen runs in eval
-    mode (no dropout, DropBlock or drop-path noise through parts that cannot adapt to it). Modules
-    without parameters of their own subtree (dropout, activations) follow their parent, so a fusion
-    layer that holds a method's tokens keeps its dropout.
-    """
-    model.train()
-
-    def visit(module: nn.Module) -> None:
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
-            return
-        for child in module.children():
-            visit(child)
-
-    visit(model)

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from bench.errors import BenchError
 from bench.registry import Registry
+from bench.train.modes import FROZEN_MODULE_MODES
 
 SCHEDULES = ("plateau", "step", "cosine", "constant")
 SELECTIONS = ("best-val", "last")
@@ -40,6 +41,8 @@ class Protocol:
     as GLIP's optimiser does. ``amp``: ``auto`` is bf16 autocast on CUDA and
     full precision on CPU. ``deterministic``: deterministic kernels only (slower on GPU; an error
     names any operation that has none), for runs that must repeat bit for bit on the same hardware.
+    ``frozen_modules``: ``eval`` runs dropout and stochastic depth only in modules whose own weights
+    train, the same rule for every method (:mod:`bench.train.modes`); ``train`` runs them everywhere.
     ``selection``: ``best-val`` scores the weights that did best on the validation split; ``last``
     scores the final weights (no early stop), for datasets whose only labelled held-out split is
     the test split (COCO val2017, LVIS minival), where choosing on it would leak test data.
@@ -68,6 +71,7 @@ class Protocol:
     checkpoint_every: int = 50
     deterministic: bool = False
     selection: str = "best-val"
+    frozen_modules: str = "eval"
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,9 +81,19 @@ class Protocol:
             raise BenchError(f"Protocol {self.name!r}: unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}.")
         if self.amp not in AMP_MODES:
             raise BenchError(f"Protocol {self.name!r}: unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}.")
+        if self.frozen_modules not in FROZEN_MODULE_MODES:
+            raise BenchError(f"Protocol {self.name!r}: frozen_modules must be one of {', '.join(FROZEN_MODULE_MODES)}, got {self.frozen_modules!r}.")
         for name in ("batch_size", "grad_accumulation", "epochs", "copies", "eval_batch_size", "checkpoint_every", "max_steps", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BenchError(f"Protocol {self.name!r}: {name} must be at least 1, got {getattr(self, name)}.")
+        if self.warmup_steps < 0:
+            raise BenchError(f"Protocol {self.name!r}: warmup_steps must be 0 or more, got {self.warmup_steps}.")
+        if self.max_steps is not None and self.max_steps < self.warmup_steps:
+            raise BenchError(
+                f"Protocol {self.name!r}: max_steps={self.max_steps} ends the run inside its warm-up of {self.warmup_steps} "
+                "steps, so no step would train at the full learning rate; lower warmup_steps or raise max_steps "
+                f"(e.g. --protocol-set warmup_steps={max(self.max_steps // 10, 0)})."
+            )
 
     @property
     def images_per_step(self) -> int:
