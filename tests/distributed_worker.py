@@ -23,7 +23,7 @@ from bench.runs.plan import plan_cells  # noqa: E402
 from bench.train import batches  # noqa: E402
 from tests.run_support import quiet_context, tiny_request  # noqa: E402
 
-PROTOCOL = {"max_steps": 3, "eval_every": 3, "batch_size": 4, "checkpoint_every": 1}
+PROTOCOL = {"max_steps": 3, "warmup_steps": 0, "eval_every": 3, "batch_size": 4, "checkpoint_every": 1}
 
 
 def digest(tensors) -> str:

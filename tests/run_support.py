@@ -18,7 +18,7 @@ from bench.runs.plan import RunContext, SweepRequest
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
 
 MODEL = "glip-nano"
-TINY_PROTOCOL = {"max_steps": 2, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
+TINY_PROTOCOL = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
 """A few seconds per cell on two CPU cores: two steps of batch 2, one validation, one test pass."""
 
 

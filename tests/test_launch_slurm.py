@@ -50,8 +50,8 @@ def on_the_cluster(test):
 
 DATASET = "tiny-colours"
 EVAL_IMAGES = 4
-PROTOCOL = {"max_steps": 2, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
-INTERRUPTED_PROTOCOL = {"max_steps": 4, "eval_every": 4, "batch_size": 2, "checkpoint_every": 1}
+PROTOCOL = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
+INTERRUPTED_PROTOCOL = {"max_steps": 4, "warmup_steps": 0, "eval_every": 4, "batch_size": 2, "checkpoint_every": 1}
 """A BitFit step takes seconds on two busy cores: the first checkpoint comes well before the end."""
 FAILING_COOP = {"context_tokens": 100}  # more context vectors than glip-nano's 64 text slots: fails when installed
 SWEEP_TIMEOUT_S = 300

@@ -218,3 +218,45 @@ def test_two_records_of_one_run_are_refused() -> None:
     again = dataclasses.replace(first, key="other-key")
     with pytest.raises(BenchError, match="not seed replicates"):
         runs_frame([first, again])
+
+
+def with_protocol(records: list[RunRecord], name: str, **overrides: Any) -> list[RunRecord]:
+    return [dataclasses.replace(r, spec=dataclasses.replace(r.spec, protocol=name, protocol_overrides=overrides))
+            for r in records]
+
+
+def test_leaderboard_shows_effective_params_and_stored_mb(report: ReportFiles, board) -> None:
+    lora = row(board, "lora")
+    assert lora["effective_params"] == 200_000
+    assert lora["stored_mb"] == pytest.approx(0.8)  # 4 bytes per parameter, 10^6 bytes per MB
+    text = report.leaderboard_markdown.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert header.index("trainable params") < header.index("effective params") < header.index("stored MB")
+    lines = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| glip-t")}
+    assert "| 200K " in lines["lora"] and "| 0.8 " in lines["lora"]
+    assert "| 0.016 " in lines["sdpt"]  # 4,000 parameters: not rounded away to 0.00
+
+
+def test_protocol_and_overrides_head_the_leaderboard_and_every_figure(tmp_path: Path) -> None:
+    from bench.report.cd_diagram import critical_difference_figure
+    from bench.report.figures import cost_figure, heatmap_figure
+    from bench.report.ranks import rank_comparisons
+
+    records = with_protocol(RECORDS, "shapes", max_steps=50, amp=False)
+    files = write_report(records, tmp_path, suites=[MINI])
+    phrase = "protocol shapes (amp=false, max_steps=50)"
+    assert files.leaderboard_markdown.read_text().splitlines()[0] == f"# Leaderboard: test AP, {phrase}; hyper-parameters: defaults"
+    assert files.comparisons_markdown.read_text().splitlines()[0] == f"# Comparisons: test AP, {phrase}"
+    board = build_leaderboard(runs_frame(records), [MINI], "AP")
+    assert phrase in cost_figure(board, "trainable_params", "trainable parameters", log_x=True).get_suptitle()
+    assert phrase in heatmap_figure(board).axes[0].get_title()
+    diagram = critical_difference_figure(rank_comparisons(runs_frame(records)), board.protocol_phrase)
+    assert phrase in diagram.get_suptitle()
+
+
+def test_several_protocols_are_all_named() -> None:
+    records = [*with_protocol(sweep("sdpt", {"a": [0.3]}), "default"),
+               *with_protocol(sweep("lora", {"a": [0.3]}), "shapes", max_steps=50)]
+    board = build_leaderboard(runs_frame(records), [], "AP")
+    assert board.protocol_phrase == "protocols default; shapes (max_steps=50)"
+    assert row(board, "lora")["protocol"] == "shapes (max_steps=50)"

@@ -27,7 +27,8 @@ SPEC = dict(model="glip-nano", method="sdpt", dataset="shapes-colours", weights=
 WEIGHTS_DIGEST, DATA_DIGEST = "w" * 20, "d" * 20
 # A different value for every field of RunSpec (a new field must be added here, so that it is keyed).
 CHANGED = dict(model="glip-t", method="lora", dataset="shapes-dense", method_options={"num_tokens": 8, "layers": [0, 1]},
-               shots=5, split_seed=1, train_seed=1, protocol="glip-odinw", protocol_overrides={"max_steps": 5, "milestones": [0.5]})
+               shots=5, split_seed=1, train_seed=1, protocol="glip-odinw", protocol_overrides={"max_steps": 5, "milestones": [0.5]},
+               tuning={"stage": "trial", "values": {"lr": 0.01}})
 
 KEY_IN_A_FRESH_PROCESS = """
 import json, sys

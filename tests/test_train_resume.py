@@ -26,7 +26,7 @@ from bench.train.optim import LearningRateSchedule
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
 
 DATASET = "shapes-colours"
-PROTOCOL = {"max_steps": 6, "eval_every": 3, "batch_size": 2, "checkpoint_every": 1}
+PROTOCOL = {"max_steps": 6, "warmup_steps": 0, "eval_every": 3, "batch_size": 2, "checkpoint_every": 1}
 
 
 def bitfit_cell(tmp_path_factory):

@@ -59,10 +59,11 @@ def cost_figure(board: Leaderboard, cost_column: str, cost_label: str, *, log_x:
     columns = min(PANEL_COLUMNS, len(groups))
     rows = math.ceil(len(groups) / columns)
     figure = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
+    figure.suptitle(f"{board.primary.name} test {board.metric} against {cost_label}; {board.protocol_phrase}")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax, ((model, shots), panel) in zip(axes, groups):
         _cost_panel(ax, panel, board, cost_column, log_x)
-        ax.set_title(f"{model}, {_shots_title(shots)}")
+        ax.set_title(f"{model}, {shots_title(shots)}")
         ax.set_xlabel(cost_label)
         ax.set_ylabel(f"{board.primary.name} test {board.metric} (%)")
     for ax in axes[len(groups):]:
@@ -85,7 +86,7 @@ def heatmap_figure(board: Leaderboard) -> Figure:
         ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
     ax.set_xticks(range(n_columns), board.datasets, rotation=45, ha="right")
     ax.set_yticks(range(n_rows), _row_labels(table))
-    ax.set_title(f"test {board.metric} (%) per dataset; hatched: no result")
+    ax.set_title(f"test {board.metric} (%) per dataset, {board.protocol_phrase}; hatched: no result")
     figure.colorbar(image, ax=ax, label=f"test {board.metric} (%)")
     return figure
 
@@ -133,7 +134,7 @@ def _row_labels(table: pd.DataFrame) -> list[str]:
     varying = [column for column in ("model", "shots") if table[column].nunique() > 1]
     def label(row: pd.Series) -> str:
         parts = [row["model"]] if "model" in varying else []
-        parts += [_shots_title(row["shots"])] if "shots" in varying else []
+        parts += [shots_title(row["shots"])] if "shots" in varying else []
         return " · ".join([*parts, row["method"]])
 
     return [label(row) for _, row in table.iterrows()]
@@ -143,5 +144,6 @@ def _memory_kinds(board: Leaderboard) -> str:
     return ", ".join(sorted(set(board.table["peak_memory_kind"].dropna())))
 
 
-def _shots_title(shots: str) -> str:
+def shots_title(shots: str) -> str:
+    """``10-shot`` or ``full data``: a panel title."""
     return "full data" if shots == FULL_DATA else f"{shots}-shot"

@@ -8,13 +8,14 @@ the figures can never disagree about which runs they counted. A run's identity i
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.runs.record import FULL_DATA, RunRecord
+from bench.runs.record import FULL_DATA, SELECTED, RunRecord, RunSpec
 
 ROW = ["model", "method", "shots"]
 """One leaderboard row."""
@@ -22,11 +23,13 @@ REPLICATE = ["split_seed", "train_seed"]
 """One seed replicate of a row: the few-shot split and the training seed."""
 RUN = [*ROW, "dataset", *REPLICATE]
 GIB = float(1 << 30)
+MB = 1e6  # stored sizes in decimal megabytes, as in the README's accounting table
 MAX_LISTED = 5
 
 
 def runs_frame(records: Sequence[RunRecord], metric: str = "AP") -> pd.DataFrame:
-    """One row per record: its identity, ``score`` (``metric`` on the test split, a fraction) and its cost.
+    """One row per record: its identity, ``score`` (``metric`` on the test split, a fraction), its cost
+    and its training protocol (:func:`protocol_label`).
 
     Refuses a metric that some record lacks (naming the metrics the records do have) and two
     records of the same run (e.g. finished under two protocols or two versions of the code), which
@@ -44,6 +47,34 @@ def shots_order(label: str) -> tuple[bool, int]:
     return (True, 0) if label == FULL_DATA else (False, int(label))
 
 
+def protocol_label(spec: RunSpec) -> str:
+    """The protocol's name with its overrides, e.g. ``shapes (max_steps=50)``: runs are only comparable
+    under one protocol, so every table and figure says which one produced it."""
+    if not spec.protocol_overrides:
+        return spec.protocol
+    changes = ", ".join(f"{name}={_override(value)}" for name, value in sorted(spec.protocol_overrides.items()))
+    return f"{spec.protocol} ({changes})"
+
+
+def tuning_label(spec: RunSpec) -> str:
+    """How a run's hyper-parameters were obtained: ``defaults`` (the method's sourced defaults and the
+    user's options), or e.g. ``lr tuned on val, 3 trials per dataset``."""
+    tuning = spec.tuning
+    if tuning.get("stage") != SELECTED:
+        return "defaults"
+    return f"{','.join(tuning.get('fields', []))} tuned on val, {tuning.get('trials')} trials per {tuning.get('scope')}"
+
+
+def setting_label(spec: RunSpec) -> str:
+    """The values tuning selected for a run, e.g. ``lr=0.01`` (empty for defaults)."""
+    return ", ".join(f"{name}={value:.3g}" for name, value in sorted(spec.tuned_values.items()))
+
+
+def _override(value: Any) -> str:
+    """As typed on the command line (``--protocol-set`` takes JSON values): ``50``, ``true``, ``cosine``."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _row(record: RunRecord, metric: str) -> dict[str, object]:
     spec, cost = record.spec, record.cost
     return {
@@ -56,10 +87,16 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
         "score": float(record.test[metric]),
         "trainable_params": cost.trainable_params,
         "trainable_percent": cost.trainable_percent,
+        "effective_params": cost.effective_params,
+        "stored_mb": cost.stored_bytes / MB,
         # the meter stores 0 where the platform has no measure: unknown, not free
         "peak_memory_gib": cost.peak_memory_bytes / GIB if cost.peak_memory_bytes else math.nan,
         "peak_memory_kind": cost.peak_memory_kind,
         "train_images_per_s": cost.train_images_per_s,
+        "train_steps": cost.train_steps,
+        "protocol": protocol_label(spec),
+        "tuning": tuning_label(spec),
+        "setting": setting_label(spec),
         "key": record.key,
     }
 

@@ -31,17 +31,24 @@ class Leaderboard:
     ``table`` has one row per ``(model, method, shots)``, grouped by model and shots (numerically,
     ``full`` last) and, within a group, sorted by the primary (first) suite's mean, best first,
     rows without a score last. Scores are fractions as stored; column names come from
-    :func:`dataset_column` and :func:`suite_columns`.
+    :func:`dataset_column` and :func:`suite_columns`. ``protocols`` are the training protocols of
+    the runs (:func:`bench.report.frame.protocol_label`), sorted.
     """
 
     table: pd.DataFrame
     metric: str
     suites: tuple[SuiteSpec, ...]
     datasets: tuple[str, ...]
+    protocols: tuple[str, ...]
 
     @property
     def primary(self) -> SuiteSpec:
         return self.suites[0]
+
+    @property
+    def protocol_phrase(self) -> str:
+        """``protocol shapes (max_steps=50)``, or ``protocols a; b`` when the runs used several."""
+        return f"protocol{'' if len(self.protocols) == 1 else 's'} {'; '.join(self.protocols)}"
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,11 @@ def build_leaderboard(frame: pd.DataFrame, suites: Sequence[SuiteSpec], metric: 
     datasets = dataset_order(frame, chosen)
     parts = [_named_summary(frame, suite, metric) for suite in chosen]
     parts.append(cost_summary(frame))
+    parts.append(hyperparameter_summary(frame))
     parts.append(dataset_means(frame, datasets).rename(columns=lambda name: dataset_column(name, metric)))
     table = pd.concat(parts, axis=1).reset_index()
     table = _sorted(table, suite_columns(chosen[0].name, metric).mean)
-    return Leaderboard(table, metric, tuple(chosen), tuple(datasets))
+    return Leaderboard(table, metric, tuple(chosen), tuple(datasets), tuple(sorted(set(frame["protocol"]))))
 
 
 def report_suites(frame: pd.DataFrame, suites: Sequence[SuiteSpec]) -> list[SuiteSpec]:
@@ -124,17 +132,38 @@ def suite_summary(frame: pd.DataFrame, suite: SuiteSpec) -> pd.DataFrame:
 
 
 def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per row: trainable parameters and percent and throughput averaged over its runs (they differ only
-    where a method's size depends on the dataset), and the largest peak memory, which is what a user
-    must provision; ``peak_memory_kind`` lists the meters involved."""
+    """Per row: trainable and effective parameters, percent, stored size and throughput averaged over its
+    runs (they differ only where a method's size depends on the dataset), and the largest peak memory,
+    which is what a user must provision; ``peak_memory_kind`` lists the meters involved and
+    ``protocol`` the protocols of the row's runs."""
     costs = frame.groupby(ROW).agg(
         trainable_params=("trainable_params", "mean"),
         trainable_percent=("trainable_percent", "mean"),
+        effective_params=("effective_params", "mean"),
+        stored_mb=("stored_mb", "mean"),
         peak_memory_gib=("peak_memory_gib", "max"),
         peak_memory_kind=("peak_memory_kind", lambda kinds: "+".join(sorted(set(kinds)))),
         train_images_per_s=("train_images_per_s", "mean"),
+        protocol=("protocol", lambda labels: "; ".join(sorted(set(labels)))),
     )
     return costs.reindex(_rows(frame))
+
+
+def hyperparameter_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per row: how its hyper-parameters were obtained (``tuning``) and the settings selected, each with
+    the number of datasets it was selected on (``hyperparameters``), e.g. ``lr=0.01 (4), lr=0.1 (2)``;
+    ``defaults`` where nothing was tuned."""
+    rows = {}
+    for identity, runs in frame.groupby(ROW, sort=False):
+        per_dataset = runs.drop_duplicates(["dataset", "setting"])
+        settings = per_dataset["setting"].replace("", "defaults").value_counts(sort=False)
+        rows[identity] = {
+            "tuning": "; ".join(sorted(set(runs["tuning"]))),
+            "hyperparameters": ", ".join(f"{setting} ({n})" for setting, n in sorted(settings.items())),
+        }
+    summary = pd.DataFrame.from_dict(rows, orient="index", columns=["tuning", "hyperparameters"])
+    summary.index = pd.MultiIndex.from_tuples(summary.index, names=ROW)
+    return summary.reindex(_rows(frame))
 
 
 def by_shots_table(board: Leaderboard) -> pd.DataFrame:

@@ -34,6 +34,11 @@ def write_markdown(text: str, path: Path) -> Path:
     return path
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """``table`` as a GitHub markdown table, cells exactly as formatted (no re-parsing of numbers)."""
+    return table.to_markdown(index=False, disable_numparse=True)
+
+
 def percent(value: float) -> str:
     """A fraction as percent with one decimal, or the missing marker."""
     return MISSING if _missing(value) else f"{100 * value:.1f}"
@@ -74,11 +79,16 @@ def leaderboard_markdown(board: Leaderboard) -> str:
         shown[f"{suite.name} n"] = [f"{complete}/{total}" if total else MISSING for complete, total in counts]
     shown["trainable %"] = [_trainable_percent(p) for p in table["trainable_percent"]]
     shown["trainable params"] = [count(p) for p in table["trainable_params"]]
+    shown["effective params"] = [count(p) for p in table["effective_params"]]
+    shown["stored MB"] = [_megabytes(m) for m in table["stored_mb"]]
     shown["peak memory (GiB)"] = [number(m, 2) for m in table["peak_memory_gib"]]
     shown["train img/s"] = [number(s, 1) for s in table["train_images_per_s"]]
+    shown["hyper-parameters (datasets)"] = list(table["hyperparameters"])
     for dataset in board.datasets:
         shown[dataset] = [percent(v) for v in table[dataset_column(dataset, board.metric)]]
-    return _markdown(shown) + "\n\n" + _leaderboard_notes(board) + "\n"
+    tunings = sorted(set("; ".join(table["tuning"]).split("; ")))
+    heading = f"# Leaderboard: test {board.metric}, {board.protocol_phrase}; hyper-parameters: {'; '.join(tunings)}"
+    return f"{heading}\n\n{markdown_table(shown)}\n\n{_leaderboard_notes(board)}\n"
 
 
 def by_shots_markdown(board: Leaderboard, by_shots: pd.DataFrame) -> str:
@@ -93,7 +103,7 @@ def by_shots_markdown(board: Leaderboard, by_shots: pd.DataFrame) -> str:
         f"replicates; (n=1): a single replicate, which has no interval; {MISSING}: no complete replicate at those shots. "
         "The replicate counts are in leaderboard_by_shots.csv."
     )
-    return _markdown(shown) + "\n\n" + note + "\n"
+    return markdown_table(shown) + "\n\n" + note + "\n"
 
 
 def _leaderboard_notes(board: Leaderboard) -> str:
@@ -106,8 +116,12 @@ def _leaderboard_notes(board: Leaderboard) -> str:
         "n: complete replicates (a score on every dataset of the suite) / replicates with any of them; only complete "
         "replicates enter the suite score. Per-dataset columns are means over the seeds run on that dataset.",
         f"{MISSING}: no finished run with a defined score for that cell; nothing is filled in.",
-        "Trainable parameters and training images/s are means over the row's runs; peak memory is the largest "
-        f"({memory}).",
+        "Trainable parameters (allocated with a gradient), effective parameters (those of them that can change the "
+        "output), stored MB (10^6 bytes of the trained tensors as saved) and training images/s are means over the "
+        f"row's runs; peak memory is the largest ({memory}).",
+        "Hyper-parameters: `defaults` are each method's sourced defaults (`run_bench.py --list --verbose` says where each "
+        "comes from); otherwise the values `--tune` selected on the validation split, with the number of datasets each "
+        "was selected for (results/tuning.md lists every trial).",
         "Rows are grouped by model and shots and sorted by the first suite score, best first. leaderboard.csv holds "
         "the same numbers unrounded, as fractions.",
     ]
@@ -132,8 +146,11 @@ def _trainable_percent(value: float) -> str:
     return MISSING if _missing(value) else f"{value:.3g}"
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, disable_numparse=True)
+def _megabytes(value: float) -> str:
+    """Three significant digits (a prompt's 0.004 MB is not 0.00), whole megabytes from 100 (926, not 9.26e+02)."""
+    if _missing(value):
+        return MISSING
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _missing(value: float) -> bool:

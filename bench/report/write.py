@@ -10,35 +10,57 @@ import pandas as pd
 
 from bench.catalog import SuiteSpec
 from bench.errors import BenchError
-from bench.report.figures import write_figures
+from bench.report.cd_diagram import critical_difference_figure
+from bench.report.compare import compare_to_reference
+from bench.report.comparison_tables import comparisons_markdown, comparisons_table
+from bench.report.figures import save, write_figures
 from bench.report.frame import runs_frame
 from bench.report.leaderboard import build_leaderboard, by_shots_table
+from bench.report.ranks import rank_comparisons
 from bench.report.tables import by_shots_markdown, leaderboard_markdown, write_csv, write_markdown
+from bench.report.tuning_table import tuning_markdown, tuning_table
 from bench.runs.record import RunRecord
 from bench.runs.store import RunStore
 
 
 @dataclass(frozen=True)
 class ReportFiles:
-    """What :func:`write_report` wrote, and the leaderboard itself (for printing)."""
+    """What :func:`write_report` wrote, and the leaderboard itself (for printing).
+
+    ``figures`` are the leaderboard's figures and ``critical_difference_figures`` the rank diagram of
+    the comparisons (PNG and SVG of each).
+    """
 
     leaderboard_csv: Path
     leaderboard_markdown: Path
     by_shots_csv: Path
     by_shots_markdown: Path
     figures: tuple[Path, ...]
+    comparisons_csv: Path
+    comparisons_markdown: Path
+    critical_difference_figures: tuple[Path, ...]
+    tuning: tuple[Path, ...]
     leaderboard: pd.DataFrame
 
 
 def write_report(
-    records: Sequence[RunRecord], out_dir: Path, *, suites: Sequence[SuiteSpec] = (), metric: str = "AP"
+    records: Sequence[RunRecord],
+    out_dir: Path,
+    *,
+    suites: Sequence[SuiteSpec] = (),
+    metric: str = "AP",
+    reference: str | None = None,
+    trials: Sequence[RunRecord] = (),
 ) -> ReportFiles:
-    """Write ``leaderboard.{csv,md}``, ``leaderboard_by_shots.{csv,md}`` and ``figures/*.{png,svg}`` under ``out_dir``.
+    """Write ``leaderboard.{csv,md}``, ``leaderboard_by_shots.{csv,md}``, ``comparisons.{csv,md}`` and
+    ``figures/*.{png,svg}`` under ``out_dir``.
 
     ``out_dir`` is the results folder (finished runs live in its ``runs/done/``). ``suites`` are
     aggregated where any of their datasets has results, the first one ranking the rows; when none
     has, one mean over every dataset present takes its place. ``metric`` is a key of the records'
-    test metrics.
+    test metrics. ``reference`` is the method every other one is compared with in each (model,
+    shots) group (:mod:`bench.report.compare`); None compares with each group's best row. ``trials``:
+    the ``--tune`` trials behind the records (validation only), listed in ``tuning.{csv,md}``.
     """
     out_dir = Path(out_dir)
     if not records:
@@ -47,13 +69,28 @@ def write_report(
             "Run a sweep into this results folder first, e.g. python run_bench.py --methods sdpt,lora --suite odinw13 "
             f"--results {out_dir}, or pass --results the folder your runs were written to."
         )
-    board = build_leaderboard(runs_frame(records, metric), suites, metric)
+    frame = runs_frame(records, metric)
+    board = build_leaderboard(frame, suites, metric)
     by_shots = by_shots_table(board)
+    paired, ranks = compare_to_reference(frame, board, reference), rank_comparisons(frame)
+    diagram = critical_difference_figure(ranks, board.protocol_phrase)
     return ReportFiles(
         leaderboard_csv=write_csv(board.table, out_dir / "leaderboard.csv"),
         leaderboard_markdown=write_markdown(leaderboard_markdown(board), out_dir / "leaderboard.md"),
         by_shots_csv=write_csv(by_shots, out_dir / "leaderboard_by_shots.csv"),
         by_shots_markdown=write_markdown(by_shots_markdown(board, by_shots), out_dir / "leaderboard_by_shots.md"),
         figures=tuple(write_figures(board, out_dir / "figures")),
+        comparisons_csv=write_csv(comparisons_table(board, paired, ranks), out_dir / "comparisons.csv"),
+        comparisons_markdown=write_markdown(comparisons_markdown(board, paired, ranks), out_dir / "comparisons.md"),
+        critical_difference_figures=tuple(save(diagram, out_dir / "figures" / "critical_difference")),
+        tuning=_write_tuning(trials, records, out_dir),
         leaderboard=board.table,
     )
+
+
+def _write_tuning(trials: Sequence[RunRecord], records: Sequence[RunRecord], out_dir: Path) -> tuple[Path, ...]:
+    """``tuning.{csv,md}`` when the report has tuning trials, else nothing."""
+    if not trials:
+        return ()
+    table = tuning_table(trials, records)
+    return write_csv(table, out_dir / "tuning.csv"), write_markdown(tuning_markdown(table), out_dir / "tuning.md")

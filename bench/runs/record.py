@@ -22,9 +22,11 @@ from typing import Any, Mapping
 
 from bench.errors import BenchError
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 RECORD_FORMAT = 1
 FULL_DATA = "full"
+TRIAL = "trial"
+SELECTED = "selected"
 
 
 def shots_label(shots: int | None) -> str:
@@ -40,6 +42,10 @@ class RunSpec:
     the seed of the few-shot sampler (None: GLIP's deterministic sampler); unused with full data.
     ``train_seed``: initialisation of the method's modules, data order and augmentation.
     ``protocol``: the training protocol's name and ``protocol_overrides`` its changed fields.
+    ``tuning``: empty for a run with the method's options as given; for ``--tune``
+    (:mod:`bench.runs.tuning`) ``{"stage": "trial", "values": {...}}`` for a trial, which is scored on
+    validation only, or ``{"stage": "selected", "values": {...}, ...}`` with how the values were
+    selected. ``values`` change the method's config without changing its leaderboard row.
     """
 
     model: str
@@ -52,6 +58,17 @@ class RunSpec:
     train_seed: int = 0
     protocol: str = "default"
     protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
+    tuning: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_trial(self) -> bool:
+        """A tuning trial: trained and scored on validation only, never on test."""
+        return self.tuning.get("stage") == TRIAL
+
+    @property
+    def tuned_values(self) -> dict[str, Any]:
+        """The option values set by tuning (a trial's, or the selected ones), else empty."""
+        return dict(self.tuning.get("values", {}))
 
     @property
     def shots_label(self) -> str:
@@ -70,6 +87,7 @@ class RunSpec:
         values = dataclasses.asdict(self)
         values["method_options"] = dict(sorted(self.method_options.items()))
         values["protocol_overrides"] = dict(sorted(self.protocol_overrides.items()))
+        values["tuning"] = json.loads(json.dumps(self.tuning, sort_keys=True))
         return values
 
     @classmethod
@@ -124,7 +142,7 @@ class RunRecord:
     """A finished run as stored in ``<results>/runs/done/<key>.json``.
 
     ``val``: metrics of the selected (best-on-validation) weights on the validation split; ``test``:
-    the same weights scored once on the test split. Metric names are the evaluator's (``AP``,
+    the same weights scored once on the test split (empty for a tuning trial, which never sees test). Metric names are the evaluator's (``AP``,
     ``AP50`` ... as fractions in [0, 1]; NaN where undefined). ``best_step``: the training step of
     the selected weights (0 for methods that do not train).
     """
