@@ -23,16 +23,20 @@ from typing import Any, Sequence
 from bench.catalog import SPLITS, Catalog, load_split_annotations, require_data
 from bench.errors import BenchError
 from bench.models import MODELS
-from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells
+from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
+from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
 from bench.train.protocol import PROTOCOLS
-from bench.tuning.base import METHODS
+from bench.tuning.listing import describe_methods
+from bench.tuning.search import parse_tuned_fields
 
 EXECUTORS = ("local", "slurm")
 # The default benchmark's methods: one of each family (none, head only, text prompts, image prompts,
 # coupled prompts, fusion-space prototypes, low-rank updates, everything).
 DEFAULT_METHODS = ("zero-shot", "linear-probe", "glip-prompt", "coop", "vpt", "maple", "sdpt", "lora", "full")
 MAX_DEFAULT_JOBS = 8
+REFERENCE_HELP = ("the method every other one is compared with in the report's paired tests "
+                  "(default: the best row of each model and shots)")
 
 
 def default_arguments() -> list[str]:
@@ -107,9 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--split-seeds", type=_split_seeds, default=None,
                       help="few-shot split seeds, crossed with --seeds ('glip' = GLIP's deterministic split); "
                            "default: each training seed also draws its own split")
+    what.add_argument("--tune", type=parse_tuned_fields, metavar="FIELDS",
+                      help="select these hyper-parameters per method on the validation split, with the same number of "
+                           "trials for every method, before scoring test: lr or lr,weight_decay (see README)")
+    what.add_argument("--tune-trials", type=int, default=3, metavar="N",
+                      help="trials per method (and dataset, or suite) with --tune (default: 3; lr: default/10, default, default*10)")
+    what.add_argument("--tune-scope", choices=SCOPES, default="dataset",
+                      help="with --tune, one selection per dataset (default) or one per suite (best mean validation AP)")
     what.add_argument("--protocol", default="glip-odinw", help="training protocol (see --list; default: glip-odinw)")
     what.add_argument("--protocol-set", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                       help="change a protocol field, e.g. epochs=12 or max_steps=500 (repeatable)")
+    what.add_argument("--reference", help=REFERENCE_HELP)
     where = parser.add_argument_group("data and results")
     where.add_argument("--data-root", type=Path, help="folder holding the real datasets (see datasets/README.md)")
     where.add_argument("--cache-dir", type=Path, help="where synthetic datasets are generated (default: ~/.cache/vl-peft-bench)")
@@ -136,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra sbatch option, e.g. account=proj or qos=high (repeatable)")
     inspect = parser.add_argument_group("inspect")
     inspect.add_argument("--list", action="store_true", help="list models, methods, protocols, suites and datasets, then exit")
+    inspect.add_argument("--verbose", action="store_true", help="with --list: every method option with its default and its source")
     inspect.add_argument("--check-data", action="store_true", help="check every split of the selected datasets (generating synthetic ones)")
     return parser
 
@@ -145,15 +158,14 @@ def build_report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
     parser.add_argument("--suite", action="append", default=[], help="suite(s) to aggregate (default: every suite whose datasets have results)")
     parser.add_argument("--catalog", type=Path, help="catalog folder (default: the repository's datasets/)")
+    parser.add_argument("--reference", help=REFERENCE_HELP)
     return parser
 
 
-def print_catalog(catalog: Catalog) -> None:
-    import methods  # noqa: F401  (registers every method)
-
+def print_catalog(catalog: Catalog, verbose: bool = False) -> None:
+    """``--list``: what is registered; ``verbose`` adds every method option's default and its source."""
     sections = [
         ("Models", [(e.name, e.description) for e in MODELS]),
-        ("Methods", [(e.name, e.description) for e in METHODS]),
         ("Protocols", [(e.name, e.description) for e in PROTOCOLS]),
         ("Suites", [(s.obj.name, f"v{s.obj.version}  {len(s.obj.datasets):>2} datasets, {s.obj.aggregation}  {s.obj.description}")
                     for s in catalog.suites]),
@@ -164,6 +176,8 @@ def print_catalog(catalog: Catalog) -> None:
         print(f"{title}:")
         for name, description in rows:
             print(f"  {name:<22} {description}")
+        if title == "Models":
+            print(describe_methods(verbose))
 
 
 def check_data(catalog: Catalog, args: argparse.Namespace) -> None:
@@ -204,14 +218,34 @@ def sweep_request(catalog: Catalog, args: argparse.Namespace) -> SweepRequest:
     )
 
 
-def print_plan(cells: Sequence[Cell], todo: Sequence[Cell]) -> None:
+def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], title: str = "") -> None:
     pending = {cell.key for cell in todo}
     for cell in cells:
         s = cell.spec
         state = "todo" if cell.key in pending else "done"
         split = "-" if s.shots is None else ("glip" if s.split_seed is None else s.split_seed)
-        print(f"{state}  {cell.key}  {s.method_label:<28} {s.dataset:<24} shots={s.shots_label:<4} split={split} seed={s.train_seed}")
-    print(f"{len(cells)} cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
+        values = " ".join(f"{k}={v:g}" for k, v in sorted(s.tuned_values.items()))
+        print(f"{state}  {cell.key}  {s.method_label:<28} {s.dataset:<24} shots={s.shots_label:<4} split={split} seed={s.train_seed}"
+              + (f"  {values}" if values else ""))
+    print(f"{len(cells)} {title}cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
+
+
+def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> dict[str, str]:
+    """Run ``cells`` on the chosen executor; returns the failed ones (key -> reason)."""
+    if not cells:
+        return {}
+    if args.executor == "local":
+        from bench.launch.local import run_local
+
+        return run_local(cells, context, jobs=args.jobs).failed
+    from bench.launch.slurm import SlurmOptions, run_slurm
+
+    options = SlurmOptions(
+        partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
+        cpus_per_job=args.cpus_per_job,
+        time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
+    )
+    return run_slurm(cells, context, options).failed
 
 
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
@@ -222,29 +256,64 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
         device=args.device, workers=args.workers, progress=not args.no_progress,
     )
+    if args.tune:
+        return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))
     cells = plan_cells(request, context, catalog)
     todo = missing_cells(cells, context.store, force=args.force)
     if args.dry_run:
         print_plan(cells, todo)
         return 0
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
-    if args.executor == "local":
-        from bench.launch.local import run_local
+    failed = execute(todo, context, args)
+    return finish(cells, failed, context, catalog, args)
 
-        failed = run_local(todo, context, jobs=args.jobs).failed
+
+def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRequest, context: RunContext,
+                    tune: TuneRequest) -> int:
+    """Trials (validation only), selection, then every replicate with its selected setting (see
+    :mod:`bench.runs.tuning`)."""
+    inputs = prepare(request, context, catalog, tuned=True)
+    trials = trial_cells(inputs, tune)
+    first = trials + untuned_cells(inputs)
+    todo = missing_cells(first, context.store, force=args.force)
+    print(f"Tuning: {tune.describe()}.")
+    if args.dry_run:
+        print_plan(first, todo, "trial and untuned ")
     else:
-        from bench.launch.slurm import SlurmOptions, run_slurm
+        print(f"{len(first)} trial and untuned cells: {len(first) - len(todo)} already done, running {len(todo)} "
+              f"with the {args.executor} executor.")
+    failed = {} if args.dry_run else execute(todo, context, args)
+    selections, pending = select_settings(trials, validation_scores(trials, stored_records(context, trials)), tune)
+    finals = final_cells(inputs, tune, selections)
+    final_todo = missing_cells(finals, context.store, force=args.force)
+    if args.dry_run:
+        print_plan(finals, final_todo, "selected-setting ")
+        if pending:
+            print(f"{len(pending)} trial(s) still to run, so some selections, and their cells, are not known yet.")
+        return 0
+    for selection in selections.values():
+        where = selection.dataset or "all datasets"
+        values = ", ".join(f"{k}={v:g}" for k, v in selection.values.items())
+        print(f"selected {selection.method} on {where} (shots {selection.shots or 'full'}): {values} "
+              f"(val AP {100 * selection.val_score:.1f} of {len(selection.trials)} trials)")
+    print(f"{len(finals)} selected-setting cells: {len(finals) - len(final_todo)} already done, running {len(final_todo)}.")
+    failed |= execute(final_todo, context, args)
+    return finish([cell for cell in first if not cell.spec.is_trial] + finals, failed, context, catalog, args, trials)
 
-        options = SlurmOptions(
-            partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
-            cpus_per_job=args.cpus_per_job,
-            time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
-        )
-        failed = run_slurm(todo, context, options).failed
+
+def stored_records(context: RunContext, cells: Sequence[Cell]) -> dict[str, RunRecord]:
+    """The stored records of ``cells`` that exist and read, by key."""
     keys = {cell.key for cell in cells}
-    records = [r for r in context.store.load_records()[0] if r.key in keys]
+    return {r.key: r for r in context.store.load_records()[0] if r.key in keys}
+
+
+def finish(cells: Sequence[Cell], failed: dict[str, str], context: RunContext, catalog: Catalog, args: argparse.Namespace,
+           trials: Sequence[Cell] = ()) -> int:
+    """Report the sweep's scored cells (and the tuning trials behind them) and say what failed."""
+    records = list(stored_records(context, cells).values())
     if records:  # when every cell failed there is nothing to tabulate; say why below instead
-        report(records, args.results, catalog, suites=[args.suite] if args.suite else [])
+        report(records, args.results, catalog, suites=[args.suite] if args.suite else [], reference=args.reference,
+               trials=list(stored_records(context, trials).values()))
     if failed:
         print(f"{len(failed)} cell(s) failed; their errors are in {context.store.failed_dir}. Run the same command again to retry them.",
               file=sys.stderr)
@@ -252,8 +321,10 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     return 0
 
 
-def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites: Sequence[str]) -> None:
-    """Write and print the leaderboards of ``records`` for ``suites`` (names)."""
+def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites: Sequence[str],
+           reference: str | None = None, trials: Sequence[RunRecord] = ()) -> None:
+    """Write and print the leaderboards of ``records`` for ``suites`` (names), their comparisons with
+    ``reference`` (None: each group's best row) and the ``trials`` that tuned them."""
     if not records:
         raise BenchError(f"No finished runs in {results / 'runs' / 'done'}; run a sweep first (python run_bench.py --methods ... --suite ...).")
     from bench.report import write_report  # pandas and matplotlib: only when there is something to report
@@ -263,9 +334,11 @@ def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites
     else:  # every suite the results cover completely; none: the mean over the datasets present
         present = {record.spec.dataset for record in records}
         chosen = [entry.obj for entry in catalog.suites if set(entry.obj.datasets) <= present]
-    files = write_report(records, results, suites=chosen)
+    files = write_report(records, results, suites=chosen, reference=reference, trials=trials)
     print(files.leaderboard_markdown.read_text())
-    print(f"Leaderboard, per-shots table and figures written under {results}.")
+    print(files.comparisons_markdown.read_text())
+    written = "leaderboard, per-shots table, comparisons" + (", tuning trials" if files.tuning else "") + " and figures"
+    print(f"The {written} are written under {results}.")
 
 
 def report_main(argv: Sequence[str]) -> int:
@@ -274,7 +347,8 @@ def report_main(argv: Sequence[str]) -> int:
     from bench.runs.store import RunStore
 
     records, _ = RunStore(args.results / "runs").load_records()
-    report(records, args.results, catalog, args.suite)
+    trials = [r for r in records if r.spec.is_trial]  # validation only: listed, never scored
+    report([r for r in records if not r.spec.is_trial], args.results, catalog, args.suite, args.reference, trials)
     return 0
 
 
@@ -290,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         catalog = Catalog.load(args.catalog) if args.catalog else Catalog.load()
         if args.list:
-            print_catalog(catalog)
+            print_catalog(catalog, verbose=args.verbose)
         elif args.check_data:
             check_data(catalog, args)
         elif args.methods or args.dry_run:

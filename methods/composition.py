@@ -2,10 +2,11 @@
 
 :func:`compose` builds such a method from registered parts. Its config is flat, so it round-trips
 through JSON and rejects unknown options like every other config: one shared ``lr`` and
-``weight_decay`` (defaults: the first part's), then each part's own fields prefixed with the part's
-name (``sdpt_num_tokens``, ``lora_rank``, ...) and the part's defaults. Each part's ``install`` leaves
-the others' parameters as they are (the method contract), so installing in order composes; the
-trainable count is the sum of the parts' formulas.
+``weight_decay`` (defaults: those of the part with the lowest default lr), then each part's own fields prefixed with the part's
+name (``sdpt_num_tokens``, ``lora_rank``, ...) and the part's defaults. The defaults' sources come
+with them: the shared fields carry that part's, each prefixed field its part's. Each part's
+``install`` leaves the others' parameters as they are (the method contract), so installing in order
+composes; the trainable count is the sum of the parts' formulas.
 
 ``sdpt+lora``: the SDPT paper states that its prototype tokens are compatible with other PEFT modules.
 SDPT is installed first, so its pseudo-inverses come from the frozen pre-trained projections, which
@@ -62,8 +63,11 @@ class CompositeMethod(Method):
     def expected_trainable(self, model: DetectorBase) -> int:
         return sum(method.expected_trainable(model) for method in self.part_methods())
 
-    def effective_trainable(self, model: DetectorBase) -> int:
-        return sum(method.effective_trainable(model) for method in self.part_methods())
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """The sum of the parts' counts: each part trains tensors of its own, acting through different
+        extension points (or, for ``sdpt+lora``, prompt rows and weight updates), so no part can
+        reproduce another's directions."""
+        return sum(method.effective_trainable(model, text_positions) for method in self.part_methods())
 
 
 def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
@@ -71,18 +75,26 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
     if len(parts) < 2 or len(set(parts)) != len(parts):
         raise BenchError(f"A composite method needs at least two distinct parts, got {parts!r}.")
     classes = tuple((part, METHODS.get(part)) for part in parts)
-    first = classes[0][1].config_class
+    # One optimiser setting serves every part: the part with the lowest default lr gives it, since a
+    # weight update (LoRA) at a prompt method's rate (1e-2) diverges, while prompts merely move slower.
+    slowest = min((cls.config_class for _, cls in classes), key=lambda config: config().lr)
     fields: list[tuple[str, object, dataclasses.Field]] = [
-        (f.name, f.type, dataclasses.field(default=getattr(first(), f.name))) for f in dataclasses.fields(first) if f.name in SHARED_FIELDS
+        (f.name, f.type, dataclasses.field(default=getattr(slowest(), f.name))) for f in dataclasses.fields(slowest) if f.name in SHARED_FIELDS
     ]
+    sources = {shared: f"ours: the lowest-lr part's setting, shared by all parts; its source: {slowest.sources[shared]}"
+               for shared in SHARED_FIELDS if shared in slowest.sources}
     for part, cls in classes:
         defaults = cls.config_class()
         for f in dataclasses.fields(cls.config_class):
             if f.name not in SHARED_FIELDS:
-                fields.append((f"{_prefix(part)}_{f.name}", f.type, dataclasses.field(default=getattr(defaults, f.name))))
+                field_name = f"{_prefix(part)}_{f.name}"
+                fields.append((field_name, f.type, dataclasses.field(default=getattr(defaults, f.name))))
+                if f.name in cls.config_class.sources:
+                    sources[field_name] = cls.config_class.sources[f.name]
     stem = "".join(_prefix(p).title().replace("_", "") for p in parts)
     module = sys.modules[__name__]
-    config_class = dataclasses.make_dataclass(f"{stem}Config", fields, bases=(MethodConfig,), frozen=True)
+    config_class = dataclasses.make_dataclass(f"{stem}Config", fields, bases=(MethodConfig,), frozen=True,
+                                              namespace={"sources": sources})
     config_class.__module__ = __name__
     config_class.__doc__ = f"Config of {name!r}: shared lr and weight_decay, then each part's fields prefixed with its name."
     method_class = type(stem, (CompositeMethod,), {

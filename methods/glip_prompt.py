@@ -4,8 +4,17 @@ A zero-initialised matrix whose row ``t`` is added to the text feature of token 
 fusion tower; everything else stays frozen. With a fixed caption each slot belongs to one class, so
 the rows act as per-class text offsets. The official module is ``nn.Linear(768, 1000, bias=False)``
 of which only the first ``MAX_QUERY_LEN`` (256) rows are ever used: ``rows`` keeps that allocation
-for faithful accounting, while the effective count is ``slots x width``. Defaults are the official
-recipe's: lr 0.05, weight decay 0.25.
+for faithful accounting. Effective count: ``positions x min(width, l_dim)``. Only the rows of the text
+positions the captions use act (``text_positions``; every slot when not given): rows past the text
+slots are never added, and a padded slot's features are masked out of fusion and of the token logits
+(GLIP) or not computed at all (Grounding DINO pads to the longest caption). A row reaches the detector
+only through the text features its fusion layers read, ``l_dim`` wide (GLIP: BERT's 768; Grounding
+DINO projects BERT's 768 to 256 first), so each row has at most ``min(width, l_dim)`` degrees of
+freedom. (GLIP's first fusion block also LayerNorms the text before anything else reads it, which
+costs each row two more directions; the extension points do not show this, so GLIP's count is two
+per row above the rank.)
+
+Defaults are the official recipe's (``GlipPromptConfig.sources``): AdamW, lr 0.05, weight decay 0.25.
 """
 
 from __future__ import annotations
@@ -25,6 +34,13 @@ class GlipPromptConfig(MethodConfig):
     lr: float = 0.05
     weight_decay: float = 0.25
     rows: int = 1000
+
+    sources = {
+        "lr": "official code: microsoft/GLIP README, Prompt Tuning (SOLVER.BASE_LR 0.05, AdamW)",
+        "weight_decay": "official code: microsoft/GLIP README, Prompt Tuning (SOLVER.WEIGHT_DECAY 0.25)",
+        "rows": "official code: microsoft/GLIP maskrcnn_benchmark/modeling/rpn/vldyhead.py "
+                "(tunable_linear = nn.Linear(768, 1000, bias=False))",
+    }
 
 
 class TextSlotOffset(nn.Module):
@@ -57,6 +73,10 @@ class GlipPrompt(Method):
     def expected_trainable(self, model: DetectorBase) -> int:
         return self.config.rows * _text_shape(model)[1]
 
-    def effective_trainable(self, model: DetectorBase) -> int:
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """The rows of the used text positions, each at most as wide as the fusion layers' text input
+        (module docstring)."""
         slots, width = _text_shape(model)
-        return slots * width
+        positions = slots if text_positions is None else min(text_positions, slots)
+        fusion_text_width = model.fusion_layers()[0].attention_projections()[1].in_features
+        return positions * min(width, fusion_text_width)

@@ -16,8 +16,16 @@ Defaults: M = 2, J = 9 (MaPLe's official configuration for ViT-B/16), capped at 
 layers and of vision blocks of the model (J_eff = min(prompt_depth, text layers, vision blocks));
 prompts are initialised N(0, 0.02^2) (MaPLe's random initialisation; its option of initialising the
 first prompts from the embeddings of "a photo of a" is not offered), couplings with PyTorch's
-``nn.Linear`` default (as MaPLe); lr 3.5e-3 and weight decay 5e-4 are MaPLe's SGD settings (ours to
-use them with the harness's optimiser). Trainable: ``J*M*D + sum_{j<J} (D + 1) * C_j``.
+``nn.Linear`` default (as MaPLe). MaPLe trains with SGD (lr 3.5e-3, weight decay 5e-4), which does not
+carry over to AdamW; lr 1e-2 and weight decay 0.01 are ours, the AdamW setting of every prompt method
+here (:data:`methods.coop.PROMPT_LR_SOURCE`). Trainable: ``J*M*D + sum_{j<J} (D + 1) * C_j``.
+
+Effective count: ``M * (D - 2) + (J - 1) * M * D + sum_{j<J} M * (C_j - 2)``. The input context
+reaches BERT only through its embedding LayerNorm, as CoOp's (two directions per vector lost); a deep
+prompt replaces hidden states, which enter attention and the residual un-normalised (all ``D`` act).
+Given its text prompts (``M <= D + 1`` of them, in general position), a coupling can give its block
+any ``M x C_j`` prompts, of which the block's LayerNorm ignores two directions per prompt; the
+couplings' other ``(D + 1 - M) * C_j`` directions per block change nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
+from bench.tuning.accounting import LAYER_NORM_INVARIANCES
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
-from methods.coop import TextContext, text_width
+from methods.coop import PROMPT_LR_SOURCE, PROMPT_WEIGHT_DECAY_SOURCE, TextContext, text_width
+
+MAPLE_CONFIG = "muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml"
 
 
 @dataclass(frozen=True)
@@ -38,10 +49,17 @@ class MapleConfig(MethodConfig):
     """``context_tokens``: M per layer; ``prompt_depth``: J, the number of prompted text layers and
     vision blocks (capped at what the model has)."""
 
-    lr: float = 3.5e-3
-    weight_decay: float = 5e-4
+    lr: float = 1e-2
+    weight_decay: float = 0.01
     context_tokens: int = 2
     prompt_depth: int = 9
+
+    sources = {
+        "lr": PROMPT_LR_SOURCE + f"; MaPLe's SGD rate 3.5e-3 ({MAPLE_CONFIG}) does not transfer",
+        "weight_decay": PROMPT_WEIGHT_DECAY_SOURCE + "; MaPLe's 5e-4 is an SGD L2 penalty",
+        "context_tokens": f"official code: {MAPLE_CONFIG} (N_CTX 2)",
+        "prompt_depth": f"official code: {MAPLE_CONFIG} (PROMPT_DEPTH 9, for ViT-B/16's 12 layers)",
+    }
 
     def __post_init__(self) -> None:
         if self.context_tokens < 1 or self.prompt_depth < 1:
@@ -118,3 +136,11 @@ class Maple(Method):
         depth, width = self._depth(model), text_width(model)
         channels = [b.channels for b in model.vision_blocks()[:depth]]
         return depth * self.config.context_tokens * width + sum((width + 1) * c for c in channels)
+
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """Text prompts less the input context's LayerNorm directions, plus per block the ``M x C_j``
+        prompts the coupling can reach less the block's LayerNorm directions (module docstring)."""
+        tokens, depth, width = self.config.context_tokens, self._depth(model), text_width(model)
+        channels = [b.channels for b in model.vision_blocks()[:depth]]
+        text = depth * tokens * width - tokens * LAYER_NORM_INVARIANCES
+        return text + sum(tokens * (c - LAYER_NORM_INVARIANCES) for c in channels)

@@ -4,10 +4,12 @@ Targets are chosen by the detector's parameter groups (``model.parameter_groups(
 ``nn.Linear`` whose weight belongs to one of the configured groups is handed to peft by its exact
 module name, and ``peft.inject_adapter_in_model`` wraps it in place. No layer is written by hand.
 
-Defaults: ``groups = ("fusion",)`` and rank 16 follow the SDPT authors' LoRA baseline
-(``use_lora_cross``: LoRA r=16 on the six projections of every image-text fusion layer;
-reference/sdpt.md §4.2); ``alpha = rank`` (scaling 1.0), dropout 0 and lr 1e-3 are ours (LoRA papers
-train at 10x a full fine-tuning rate). IA3 uses the same groups and lr 1e-3 (ours).
+Defaults (each config's ``sources``): ``groups = ("fusion",)`` and rank 16 follow the SDPT authors'
+LoRA baseline (``use_lora_cross`` in wuyongjianCODE/SDPT ``maskrcnn_benchmark/utils/fuse_helper.py``:
+loralib r=16 on the six projections of every image-text fusion layer); ``alpha = rank`` (scaling 1) is
+the LoRA paper's choice (Hu et al. 2022, §4.1: alpha set to the first r tried), while SDPT's loralib
+default alpha 1 (scaling 1/16) is the preset ``lora@sdpt``; dropout 0 is loralib's default; lr 1e-3
+(ten times full fine-tuning's) and weight decay 0 are ours. IA3 uses the same groups, lr and decay.
 
 What peft does to names: a wrapped Linear's own tensors move from ``x.weight`` to
 ``x.base_layer.weight`` and the adapter's tensors appear as ``x.lora_A.<adapter>.weight`` (LoRA),
@@ -32,9 +34,14 @@ from torch import nn
 from bench.errors import BenchError
 from bench.models.base import PARAMETER_GROUPS, PEFT_ADAPTER_NAME, DetectorBase
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names
+from methods.simple import WEIGHT_SUBSET_LR_SOURCE
 
 # The name of every adapter these methods inject; a path component that marks peft's tensors.
 ADAPTER_NAME = PEFT_ADAPTER_NAME
+
+SDPT_LORA = "wuyongjianCODE/SDPT maskrcnn_benchmark/utils/fuse_helper.py"
+ADAPTER_WEIGHT_DECAY_SOURCE = ("ours: decay would pull DoRA's magnitudes and IA3's scales toward 0, away from the "
+                               "identity they start at; LoRA shares the setting")
 
 
 # ----------------------------------------------------------------------------- target selection
@@ -96,6 +103,19 @@ def inject(model: DetectorBase, config: peft.PeftConfig, targets: list[str]) -> 
     return trainable_by_names(model, new)
 
 
+def _unwrapped(linear: nn.Module) -> nn.Module:
+    """The Linear itself, whether or not peft has wrapped it."""
+    return linear.get_base_layer() if isinstance(linear, BaseTunerLayer) else linear
+
+
+def low_rank_dimension(rank: int, rows: int, columns: int) -> int:
+    """``rho (rows + columns) - rho^2`` with ``rho = min(rank, rows, columns)``: the dimension of the
+    ``rows x columns`` matrices of rank at most ``rho``, which ``B A`` sweeps; ``(A, B)`` and
+    ``(G A, B G^-1)`` give the same product for every invertible ``r x r`` ``G``."""
+    rho = min(rank, rows, columns)
+    return rho * (rows + columns) - rho * rho
+
+
 def _check_groups(groups) -> tuple[str, ...]:
     return (groups,) if isinstance(groups, str) else tuple(groups)
 
@@ -112,6 +132,16 @@ class LoraMethodConfig(MethodConfig):
     rank: int = 16
     alpha: float = 16.0
     dropout: float = 0.0
+
+    sources = {
+        "lr": WEIGHT_SUBSET_LR_SOURCE,
+        "weight_decay": ADAPTER_WEIGHT_DECAY_SOURCE,
+        "groups": f"official code: {SDPT_LORA} (use_lora_cross: LoRA on the fusion layers' projections)",
+        "rank": f"official code: {SDPT_LORA} (r=16)",
+        "alpha": "paper: LoRA (Hu et al., ICLR 2022) §4.1 sets alpha to the first r tried, i.e. scaling 1 "
+                 "(SDPT's loralib alpha 1 is the preset lora@sdpt)",
+        "dropout": "official code: microsoft/LoRA loralib/layers.py (lora_dropout=0), as SDPT's LoRA baseline uses it",
+    }
 
 
 @register_method("lora", LoraMethodConfig, "LoRA (peft) on the Linear layers of chosen parameter groups (default: fusion)")
@@ -140,6 +170,14 @@ class Lora(Method):
         """``r (in + out)`` per targeted Linear (A is ``r x in``, B is ``out x r``)."""
         return sum(self.config.rank * (m.in_features + m.out_features) for m in self.targets(model).values())
 
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """``r (in + out) - r^2`` per targeted Linear (:func:`low_rank_dimension`): what the updates
+        ``B A`` span. Exact on the fusion projections (the default targets), whose multi-head layers
+        see every update; an upper bound where a frozen symmetry hides part of an update (e.g. the key
+        projection of a softmax self-attention over LayerNorm-ed inputs, or a one-head fusion layer,
+        where query and key updates share a gauge)."""
+        return sum(low_rank_dimension(self.config.rank, m.out_features, m.in_features) for m in self.targets(model).values())
+
 
 @register_method("dora", LoraMethodConfig, "DoRA (peft LoRA with use_dora): LoRA direction plus a learned per-output magnitude")
 class Dora(Lora):
@@ -156,6 +194,15 @@ class Dora(Lora):
         """LoRA's ``r (in + out)`` plus the magnitude vector (``out``) per targeted Linear."""
         return super().expected_trainable(model) + sum(m.out_features for m in self.targets(model).values())
 
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """LoRA's count plus the magnitudes (``out``) per targeted Linear, at most ``in * out``: the
+        row normalisation removes only radial directions, which the low-rank updates do not reach
+        unless they reach every matrix."""
+        return sum(
+            min(low_rank_dimension(self.config.rank, m.out_features, m.in_features) + m.out_features, m.in_features * m.out_features)
+            for m in self.targets(model).values()
+        )
+
 
 # ----------------------------------------------------------------------------- IA3
 @dataclass(frozen=True)
@@ -169,6 +216,14 @@ class Ia3MethodConfig(MethodConfig):
     weight_decay: float = 0.0
     groups: tuple[str, ...] = ("fusion",)
     feedforward: tuple[str, ...] = ()
+
+    sources = {
+        "lr": WEIGHT_SUBSET_LR_SOURCE,
+        "weight_decay": ADAPTER_WEIGHT_DECAY_SOURCE,
+        "groups": "ours: the fusion layers, the targets of the lora default and of SDPT's LoRA baseline",
+        "feedforward": "ours: GLIP's fusion layers have no feed-forward block, so every targeted output is rescaled "
+                       "(IA3 rescales keys and values)",
+    }
 
 
 @register_method("ia3", Ia3MethodConfig, "IA3 (peft): learned scaling vectors on the Linear layers of chosen parameter groups")
@@ -198,3 +253,16 @@ class Ia3(Method):
         targets = self.targets(model)
         feedforward = set(self.feedforward_targets(targets))
         return sum(m.in_features if n in feedforward else m.out_features for n, m in targets.items())
+
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """The scales less ``E`` for every fusion layer whose query and key projections both have their
+        outputs scaled: its logits see only the product of a channel's two scales."""
+        targets = self.targets(model)
+        feedforward = set(self.feedforward_targets(targets))
+        output_scaled = {id(m) for n, m in targets.items() if n not in feedforward}
+        shared = 0
+        for layer in model.fusion_layers():
+            query, key = (_unwrapped(p) for p in layer.attention_projections())
+            if id(query) in output_scaled and id(key) in output_scaled:
+                shared += query.out_features
+        return self.expected_trainable(model) - shared

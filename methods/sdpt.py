@@ -30,25 +30,32 @@ Two methods are registered:
   ``head`` group (in GLIP: the DyHead's language layers, DyConv towers and prediction heads); the
   vision backbone, neck, text encoder and the fusion layers' own weights stay frozen (sdpt.md §3.1).
 
-Defaults and their source:
+Defaults and their source (``SdptConfig.sources``; official = wuyongjianCODE/SDPT):
 
 * ``num_tokens`` 100: the official ``MODEL.PROMPT.NUM_TOKENS`` default; the README's COCO command
-  uses 700 (sdpt.md §2.1). ``layers`` None = every fusion layer (official ``cpt_layers`` covers all);
-  ``shared`` False (official: one independent set per layer); ``init`` "uniform", U(-1, 1) (official
-  ``ECCV.init_way``; "normal" = N(0, 1) and "zeros" are the official alternatives we keep).
-* ``sdpt-head``: lr 1e-5 (README ``BASE_LR``) and weight decay 0.01 (``glip_Swin_L.yaml``, which the
-  README recipe inherits) (sdpt.md §5.1).
-* ``sdpt``: lr 1e-3 is ours. The README's 1e-5 was chosen for a recipe whose DyHead trains too; at
-  that rate AdamW moves the U(-1, 1) tokens by about 0.02 in the 2000 README iterations, i.e. the
-  prompts barely change, so it is no sensible rate for prompt-only tuning. Weight decay 0.01 as the
-  README recipe.
+  uses 700 (the preset ``sdpt-head@official``). ``layers`` None = every fusion layer (official
+  ``cpt_layers`` covers all); ``shared`` False (official: one independent set per layer); ``init``
+  "uniform", U(-1, 1) (official ``ECCV.init_way``; "normal" = N(0, 1) and "zeros" are the official
+  alternatives we keep).
+* ``sdpt-head``: lr 1e-5 (README ``BASE_LR``) and weight decay 0.01 (GLIP's ``glip_Swin_L.yaml``,
+  which the README recipe inherits).
+* ``sdpt``: lr 1e-2 is ours, the AdamW rate of every prompt method here
+  (:data:`methods.coop.PROMPT_LR_SOURCE`). The README's 1e-5 was chosen for a recipe whose DyHead
+  trains too; at that rate AdamW moves the U(-1, 1) tokens by about 0.02 in the 2000 README
+  iterations, i.e. the prompts barely change, so it is no sensible rate for prompt-only tuning.
+  Weight decay 0.01 as the README recipe.
 
 Parameter count: ``K * E`` per chosen layer, or ``K * E`` once when ``shared`` (plus the head group
-for ``sdpt-head``). Effective count = allocated: with the text prompts masked, ``P_l`` has no effect,
-but every entry of ``T`` still reaches the output through ``P_v`` (keys and values of the text
-update, which feeds the next layers and the fused-text logits), so no entry of ``T`` is dead. Note
-that only ``T``'s component in col(W_v) matters then: ``T`` has ``K * v_dim`` (not ``K * E``)
-degrees of freedom per layer, which this entry count does not express.
+for ``sdpt-head``). Effective count (:func:`sdpt_effective_count`): ``T`` acts only through the
+prompts, i.e. through ``T pinv(W_v^T)`` and, when the text prompts are visible, ``T pinv(W_l^T)``
+(masked, ``P_l`` has no effect: image queries never see it and its own updates are stripped). A token
+set therefore has ``K * rank`` degrees of freedom, the rank of the map ``T -> (T pinv(W^T) for each
+acting projection W of each layer using the set)``: ``K * v_dim`` per layer with the text prompts
+masked (only ``T``'s component in col(W_v) acts), ``K * min(E, v_dim + l_dim)`` when they are
+visible, and for ``shared`` tokens the rank over all chosen layers at once (``K * min(E, sum of
+v_dim)`` masked), never above ``K * E``. Exact ranks come from the layers' weights; on the meta
+device the generic ``min`` values. ``sdpt-head`` adds its head group's allocation (an upper bound,
+:mod:`bench.tuning.accounting`).
 """
 
 from __future__ import annotations
@@ -61,8 +68,10 @@ from torch import nn
 from bench.errors import BenchError
 from bench.models.base import DetectorBase, FusionLayer
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names, trainable_under
+from methods.coop import PROMPT_LR_SOURCE
 
 INITS = ("uniform", "normal", "zeros")
+SDPT = "wuyongjianCODE/SDPT"
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,9 @@ class SdptConfig(MethodConfig):
     """``num_tokens``: K prototype tokens per layer; ``layers``: fusion-layer indices that get tokens
     (None = all); ``shared``: one token set for all chosen layers; ``init``: "uniform" (U(-1, 1)),
     "normal" (N(0, 1)) or "zeros"; ``text_prompt_visible``: text-side prompts get mask 1 (paper
-    intent) instead of 0 (official code). Sources of the defaults: module docstring."""
+    intent) instead of 0 (official code). Sources of the defaults: ``sources`` and the module docstring."""
 
-    lr: float = 1e-3
+    lr: float = 1e-2
     weight_decay: float = 0.01
     num_tokens: int = 100
     layers: tuple[int, ...] | None = None
@@ -80,11 +89,28 @@ class SdptConfig(MethodConfig):
     init: str = "uniform"
     text_prompt_visible: bool = False
 
+    sources = {
+        "lr": PROMPT_LR_SOURCE + "; the released 1e-5 (sdpt-head) barely moves U(-1, 1) tokens",
+        "weight_decay": f"official code: {SDPT} README command, which inherits GLIP's configs/pretrain/glip_Swin_L.yaml "
+                        "(SOLVER.WEIGHT_DECAY 0.01)",
+        "num_tokens": f"official code: {SDPT} maskrcnn_benchmark/config/defaults.py (MODEL.PROMPT.NUM_TOKENS 100; "
+                      "the README uses 700, preset sdpt-head@official)",
+        "layers": f"official code: {SDPT} maskrcnn_benchmark/config/defaults.py (cpt_layers: every fusion layer)",
+        "shared": f"official code: {SDPT} maskrcnn_benchmark/utils/fuse_helper.py (each fusion layer owns its cpt_input)",
+        "init": f"official code: {SDPT} maskrcnn_benchmark/config/defaults.py (ECCV.init_way 'uniform', U(-1, 1))",
+        "text_prompt_visible": f"official code: {SDPT} maskrcnn_benchmark/utils/fuse_helper.py (text-side prompts "
+                               "padded with mask 0)",
+    }
+
 
 @dataclass(frozen=True)
 class SdptHeadConfig(SdptConfig):
     lr: float = 1e-5
     weight_decay: float = 0.01
+
+    sources = {
+        "lr": f"official code: {SDPT} README COCO command (SOLVER.BASE_LR 1e-5), tokens and DyHead together",
+    }
 
 
 def init_tokens(num_tokens: int, embed_dim: int, init: str) -> torch.Tensor:
@@ -99,10 +125,15 @@ def init_tokens(num_tokens: int, embed_dim: int, init: str) -> torch.Tensor:
     raise BenchError(f"SDPT init must be one of {INITS}, got {init!r}.")
 
 
+def _pinv_dtype(weight: torch.Tensor) -> torch.dtype:
+    """float32, or the weight's own dtype when it is wider (float64 models, e.g. for rank checks)."""
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
 def _pinv_of_transpose(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pinv(W^T) [E, d_in], b [E])`` of a frozen ``Linear(d_in -> E)``, in float32."""
-    weight = linear.weight.detach().float()
-    bias = linear.bias.detach().float() if linear.bias is not None else weight.new_zeros(weight.shape[0])
+    """``(pinv(W^T) [E, d_in], b [E])`` of a frozen ``Linear(d_in -> E)``, in at least float32."""
+    weight = linear.weight.detach().to(_pinv_dtype(linear.weight))
+    bias = linear.bias.detach().to(weight.dtype) if linear.bias is not None else weight.new_zeros(weight.shape[0])
     return torch.linalg.pinv(weight.t()), bias.clone()
 
 
@@ -159,15 +190,16 @@ class ProjectedPrototypeTokens(nn.Module):
     def _ensure_fresh(self) -> None:
         v_proj, l_proj = self._projections
         stale = self._cache_key != _state_key(v_proj) + _state_key(l_proj)
-        if stale or self.pinv_v.dtype != torch.float32 or self.pinv_v.device != v_proj.weight.device:
+        if stale or self.pinv_v.dtype != _pinv_dtype(v_proj.weight) or self.pinv_v.device != v_proj.weight.device:
             self.refresh()
 
     def projected(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P_v [K, v_dim], P_l [K, l_dim])`` in float32, differentiable in ``T``."""
+        """``(P_v [K, v_dim], P_l [K, l_dim])`` in the pseudo-inverses' precision (at least float32),
+        differentiable in ``T``."""
         self._ensure_fresh()
         tokens = self.prototype_tokens
         with torch.autocast(device_type=tokens.device.type, enabled=False):
-            tokens = tokens.float()
+            tokens = tokens.to(self.pinv_v.dtype)
             return (tokens - self.bias_v) @ self.pinv_v, (tokens - self.bias_l) @ self.pinv_l
 
     def extend(self, v_hat: torch.Tensor, l_hat: torch.Tensor, text_mask: torch.Tensor
@@ -202,6 +234,26 @@ def sdpt_token_count(model: DetectorBase, config: SdptConfig) -> int:
     return config.num_tokens * (widths[0] if config.shared else sum(widths))
 
 
+def sdpt_effective_count(model: DetectorBase, config: SdptConfig) -> int:
+    """``K`` times the rank of the map from a token set to the prompts that act, summed over the sets
+    (one per chosen layer, or one for all when ``shared``)."""
+    layers = chosen_layers(model, config.layers)
+    token_sets = [layers] if config.shared else [[layer] for layer in layers]
+    return config.num_tokens * sum(_acting_rank(layers_of_set, config.text_prompt_visible) for layers_of_set in token_sets)
+
+
+def _acting_rank(layers: list[FusionLayer], text_prompt_visible: bool) -> int:
+    """``rank([pinv(W^T) for every acting projection W of layers])``: the image-query projections, plus
+    the text-key projections when the text prompts are visible. Computed as the prompts are (float32
+    pseudo-inverses); on the meta device, where weights have no values, the generic rank
+    ``min(E, sum of the projections' input widths)``."""
+    acting = [projection for layer in layers for projection in layer.attention_projections()[: 2 if text_prompt_visible else 1]]
+    if any(projection.weight.is_meta for projection in acting):
+        return min(acting[0].out_features, sum(projection.in_features for projection in acting))
+    maps = torch.cat([_pinv_of_transpose(projection)[0] for projection in acting], dim=1)
+    return int(torch.linalg.matrix_rank(maps))
+
+
 def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Parameter]:
     """Put a :class:`ProjectedPrototypeTokens` into each chosen layer's slot; returns the tokens."""
     if config.num_tokens < 1:
@@ -231,6 +283,10 @@ class Sdpt(Method):
     def expected_trainable(self, model: DetectorBase) -> int:
         return sdpt_token_count(model, self.config)
 
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """``K`` times the rank of the pseudo-inverse maps through which the tokens act (module docstring)."""
+        return sdpt_effective_count(model, self.config)
+
 
 @register_method("sdpt-head", SdptHeadConfig, "SDPT as released: prototype tokens plus the whole detection head (DyHead) trainable")
 class SdptHead(Method):
@@ -245,3 +301,8 @@ class SdptHead(Method):
     def expected_trainable(self, model: DetectorBase) -> int:
         head = set(model.parameter_groups()["head"])
         return sdpt_token_count(model, self.config) + sum(p.numel() for n, p in model.named_parameters() if n in head)
+
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """The tokens' rank count plus the head's allocation (the detector's own weights: an upper bound)."""
+        head = self.expected_trainable(model) - sdpt_token_count(model, self.config)
+        return sdpt_effective_count(model, self.config) + head

@@ -5,33 +5,43 @@ Each prompted Swin block gets ``P`` learnable tokens of its own channel width th
 and they join the attention of every window as ``P`` extra keys and values (no position bias, never
 masked). Only image tokens are queries, so the prompts never reach patch merging and every stage map
 keeps its shape; any input size works, including sizes that are not multiples of the window or
-square (the official SDPT repo's VPT runs only at 800x800 and slices away image tokens instead of
-the prompts; reference/sdpt.md §4.1).
+square (the official SDPT repo's VPT, ``vpt_only > 0`` in wuyongjianCODE/SDPT, runs only at 800x800
+and slices away image tokens instead of the prompts).
 
 Modes:
 
 * ``deep`` (default): an independent set of ``P`` tokens for every prompted block, as in the official
   VPT Swin code (``KMnP/vpt``, ``src/models/vit_prompt/swin_transformer.py``: one prompt set per block,
   ``[P, C_stage]``). Trainable: ``P * sum(C_block)`` over the prompted blocks.
-* ``shallow``: one set of ``P`` tokens per prompted stage, shared by all blocks of that stage.
-  Official VPT-shallow inserts prompts once at the input and lets them travel through every block
-  (the blocks update them) and through patch merging. Our slot gives prompts as keys and values
-  only, so nothing updates them between blocks and they cannot cross patch merging (the width
-  changes). The closest we can build keeps the property that matters: the *same* tokens take part
-  in every block's attention, entering once per stage (each block reads them through its own
-  ``norm1`` and key/value projections). Trainable: ``P * sum(C_stage)`` over the prompted stages
-  (the official VPT-shallow Swin has ``P * C_1`` because it carries the first stage's prompts into
-  later stages by repeating them four times before the frozen merging layer).
+* ``shallow``: VPT-shallow (VPT paper §3.2: prompts at the first layer only): one set of ``P``
+  tokens in the first prompted block (the first block of the lowest prompted stage), none
+  elsewhere. Trainable: ``P * C_first``, the official VPT-shallow Swin's count (``P * C_1`` with
+  every stage prompted). One difference remains: official VPT-shallow prepends the prompts to the
+  input sequence, so every later block also updates them (as queries, averaged over windows) and
+  attends to them, and patch merging carries them on (repeated four times, in the official Swin
+  code). Our slot gives prompts as keys and values of one block only, so here they act in the
+  first block alone and reach later blocks only through the image tokens they changed.
+* ``per-stage``: one set of ``P`` tokens per prompted stage, shared by all blocks of that stage:
+  ours, between the two. The *same* tokens take part in every block's attention, entering once per
+  stage (each block reads them through its own ``norm1`` and key/value projections), which is what
+  official VPT-shallow's travelling prompts give within a stage, without their updates. Trainable:
+  ``P * sum(C_stage)`` over the prompted stages.
 
-Defaults and their sources:
+Effective count, every mode: ``P * (C - 2)`` per prompt set. A prompt reaches the model only through
+the LayerNorm (``norm1``) of each block that reads it, and a LayerNorm ignores two directions of its
+input (:data:`bench.tuning.accounting.LAYER_NORM_INVARIANCES`).
+
+Defaults and their sources (``VptConfig.sources``):
 
 * ``num_tokens = 10``: ours. The VPT paper tunes the prompt length per task over
   {1, 5, 10, 50, 100, 200}; 10 is a small value of that grid (the SDPT repo's VPT uses 100).
+* ``mode = "deep"``: VPT-deep, the variant the VPT paper reports as its best.
 * ``init = "xavier"``: official VPT: ``U(-b, b)`` with ``b = sqrt(6 / (3 * patch^2 + C_1))``, the
   first stage's width ``C_1``, the same bound for every stage (Swin's patch is 4, so ``3 * 16 = 48``).
   ``"normal"``: N(0, 0.02^2), ours (the std of Swin's own weight init).
-* ``lr = 1e-3``, ``weight_decay = 0``: ours, for AdamW. VPT used SGD with large learning rates chosen
-  per task by grid search; those do not carry over to AdamW.
+* ``lr = 1e-2``, ``weight_decay = 0.01``: ours, the AdamW setting of every prompt method here
+  (:data:`methods.coop.PROMPT_LR_SOURCE`). VPT used SGD with rates from 0.05 to 50 chosen per task
+  by grid search (``KMnP/vpt`` ``tune_vtab.py``); those do not carry over to AdamW.
 * ``stages = None``: all stages (0-based indices as in ``VisionBlock.stage``).
 """
 
@@ -45,9 +55,11 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase, VisionBlock
+from bench.tuning.accounting import LAYER_NORM_INVARIANCES
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
+from methods.coop import PROMPT_LR_SOURCE, PROMPT_WEIGHT_DECAY_SOURCE
 
-MODES = ("deep", "shallow")
+MODES = ("deep", "shallow", "per-stage")
 INITS = ("xavier", "normal")
 
 # Fan-in of Swin's patch embedding (3 colour channels x a 4x4 patch), the "3 * patch^2" of VPT's
@@ -58,12 +70,22 @@ NORMAL_INIT_STD = 0.02
 
 @dataclass(frozen=True)
 class VptConfig(MethodConfig):
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = 1e-2
+    weight_decay: float = 0.01
     num_tokens: int = 10
     mode: str = "deep"
     init: str = "xavier"
     stages: tuple[int, ...] | None = None
+
+    sources = {
+        "lr": PROMPT_LR_SOURCE + "; VPT's SGD rates 0.05..50 (KMnP/vpt tune_vtab.py) do not transfer",
+        "weight_decay": PROMPT_WEIGHT_DECAY_SOURCE + "; VPT searched 0..0.01 per task (KMnP/vpt tune_vtab.py)",
+        "num_tokens": "ours: a small value of the prompt lengths the VPT paper searches per task (1 to 200)",
+        "mode": "paper: VPT (Jia et al., ECCV 2022) §3.2, VPT-Deep, the variant it reports as its best",
+        "init": "official code: KMnP/vpt src/models/vit_prompt/swin_transformer.py (uniform, bound "
+                "sqrt(6 / (3 * patch^2 + embed_dim)))",
+        "stages": "ours: every Swin stage, as the official Swin VPT-Deep prompts every block",
+    }
 
     def __post_init__(self) -> None:
         if self.num_tokens < 1:
@@ -88,7 +110,7 @@ class PromptTokens(nn.Module):
 
 
 class SharedPromptTokens:
-    """A later block's view of its stage's :class:`PromptTokens` (shallow mode).
+    """A later block's view of its stage's :class:`PromptTokens` (per-stage mode).
 
     Deliberately not an ``nn.Module``: the tokens are registered once, under the stage's first
     prompted block, so ``state_dict`` and ``named_parameters`` hold each shared tensor under one name.
@@ -109,7 +131,7 @@ def _init_tokens(config: VptConfig, channels: int, first_stage_channels: int, li
     return nn.init.normal_(tokens, std=NORMAL_INIT_STD)
 
 
-@register_method("vpt", VptConfig, "VPT: learnable prompt tokens as extra keys/values in every Swin window (deep or shallow)")
+@register_method("vpt", VptConfig, "VPT: learnable prompt tokens as extra keys/values in Swin windows (deep, shallow or per-stage)")
 class Vpt(Method):
     identity_at_init = False  # the prompts join the attention softmax from the start
 
@@ -122,14 +144,15 @@ class Vpt(Method):
         missing = [s for s in wanted if s not in available]
         if missing:
             raise BenchError(f"vpt stages {missing} do not exist; this backbone has stages {available} (0-based).")
-        return [b for b in blocks if b.stage in wanted]
+        chosen = [b for b in blocks if b.stage in wanted]
+        return chosen[:1] if self.config.mode == "shallow" else chosen
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         first_stage_channels = model.vision_blocks()[0].channels
         installed: list[PromptTokens] = []
         stage_owner: dict[int, PromptTokens] = {}
         for block in self._prompted_blocks(model):
-            if self.config.mode == "shallow" and block.stage in stage_owner:
+            if self.config.mode == "per-stage" and block.stage in stage_owner:
                 block.module.extra_tokens = SharedPromptTokens(stage_owner[block.stage])
                 continue
             like = next(block.module.parameters())
@@ -144,8 +167,14 @@ class Vpt(Method):
 
     def expected_trainable(self, model: DetectorBase) -> int:
         blocks = self._prompted_blocks(model)
-        if self.config.mode == "deep":
-            widths = [b.channels for b in blocks]
-        else:
+        if self.config.mode == "per-stage":
             widths = list({b.stage: b.channels for b in blocks}.values())
+        else:  # deep: every prompted block; shallow: the one block _prompted_blocks keeps
+            widths = [b.channels for b in blocks]
         return self.config.num_tokens * sum(widths)
+
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """``P * (C - 2)`` per prompt set: blocks read the prompts only through their LayerNorm."""
+        blocks = self._prompted_blocks(model)
+        sets = len({b.stage for b in blocks}) if self.config.mode == "per-stage" else len(blocks)
+        return self.expected_trainable(model) - self.config.num_tokens * LAYER_NORM_INVARIANCES * sets

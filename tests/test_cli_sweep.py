@@ -115,14 +115,17 @@ def test_no_methods_is_explained(cache, capsys):
 def test_dry_run_lists_every_cell_as_todo_and_sums_up(sweep_args, capsys, tmp_path):
     assert main(sweep_args("--shots", "1,full", "--seeds", "0,1", "--method-set", "sdpt.num_tokens=8", "--dry-run")) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "8 cells: 0 done, 8 to run."  # 2 methods x (2 one-shot splits + 2 full-data seeds)
+    # sdpt: 2 one-shot splits + 2 full-data seeds; zero-shot trains nothing, so one cell per shots
+    assert lines[-1] == "6 cells: 0 done, 6 to run."
     rows = [line.split() for line in lines[:-1]]
-    assert len(rows) == 8 and all(row[0] == "todo" for row in rows)
-    assert len({row[1] for row in rows}) == 8
-    assert {row[2] for row in rows} == {"zero-shot", "sdpt[num_tokens=8]"}
-    assert {tuple(row[4:]) for row in rows} == {
+    assert len(rows) == 6 and all(row[0] == "todo" for row in rows)
+    assert len({row[1] for row in rows}) == 6
+    assert {tuple(row[4:]) for row in rows if row[2] == "sdpt[num_tokens=8]"} == {
         ("shots=1", "split=0", "seed=0"), ("shots=1", "split=1", "seed=1"),
         ("shots=full", "split=-", "seed=0"), ("shots=full", "split=-", "seed=1"),
+    }
+    assert {tuple(row[4:]) for row in rows if row[2] == "zero-shot"} == {
+        ("shots=1", "split=glip", "seed=0"), ("shots=full", "split=-", "seed=0"),
     }
     assert not (tmp_path / "results" / "runs" / "done").exists()  # nothing ran
 
@@ -138,7 +141,7 @@ def test_dry_run_crosses_split_seeds_with_training_seeds(sweep_args, capsys):
 
 def test_a_sweep_whose_cells_all_fail_exits_1_and_says_where_the_errors_are(sweep_args, capsys, tmp_path):
     # 100 CoOp context vectors do not fit glip-nano's 64 text slots: a valid option that fails when installed
-    args = sweep_args("--method-set", "coop.context_tokens=100", "--protocol-set", "max_steps=1", methods="coop")
+    args = sweep_args("--method-set", "coop.context_tokens=100", "--protocol-set", "max_steps=1", "--protocol-set", "warmup_steps=0", methods="coop")
     assert main(args) == 1
     captured = capsys.readouterr()
     assert "1 cells: 0 already done, running 1 with the local executor." in captured.out
@@ -148,12 +151,12 @@ def test_a_sweep_whose_cells_all_fail_exits_1_and_says_where_the_errors_are(swee
 
 
 def test_a_tiny_sweep_runs_end_to_end_and_a_second_call_runs_nothing(sweep_args, capsys, tmp_path):
-    args = sweep_args("--method-set", "sdpt.num_tokens=4", *[a for kv in ("max_steps=2", "eval_every=2", "batch_size=2")
+    args = sweep_args("--method-set", "sdpt.num_tokens=4", *[a for kv in ("max_steps=2", "warmup_steps=0", "eval_every=2", "batch_size=2")
                                                             for a in ("--protocol-set", kv)])
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "2 cells: 0 already done, running 2 with the local executor." in out
-    assert "Leaderboard, per-shots table and figures written under" in out
+    assert "comparisons and figures are written under" in out
     done = tmp_path / "results" / "runs" / "done"
     assert len(list(done.glob("*.json"))) == 2
     assert main(args) == 0

@@ -39,7 +39,7 @@ def test_reduced_default_run_writes_the_leaderboard_files(tmp_path_factory, caps
     suite = args.index("--suite")
     args = [*args[:suite], *args[suite + 2:], "--datasets", DATASET]
     args = _replace(args, "--jobs", "2")
-    assert main([*args, "--protocol-set", f"max_steps={STEPS}", "--results", str(results), "--cache-dir", str(cache),
+    assert main([*args, "--protocol-set", f"max_steps={STEPS}", "--protocol-set", "warmup_steps=0", "--results", str(results), "--cache-dir", str(cache),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
     board = pd.read_csv(results / "leaderboard.csv")

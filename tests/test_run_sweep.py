@@ -216,5 +216,5 @@ def test_cli_on_the_finished_sweep_runs_nothing_and_writes_the_leaderboard(sweep
     assert main(cli_args(sweep)) == 0
     out = capsys.readouterr().out
     assert "8 cells: 8 already done, running 0 with the local executor." in out
-    assert f"Leaderboard, per-shots table and figures written under {sweep.context.results}" in out
+    assert f"comparisons and figures are written under {sweep.context.results}" in out
     assert len(list(sweep.context.store.done_dir.glob("*.json"))) == 8

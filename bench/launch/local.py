@@ -39,7 +39,8 @@ class SweepOutcome:
 
 def cell_label(cell: Cell) -> str:
     s = cell.spec
-    return f"{s.method_label} on {s.dataset} (shots {s.shots_label}, seed {s.train_seed})"
+    trial = "".join(f", trial {k}={v:g}" for k, v in sorted(s.tuned_values.items())) if s.is_trial else ""
+    return f"{s.method_label} on {s.dataset} (shots {s.shots_label}, seed {s.train_seed}{trial})"
 
 
 def run_cell_recording_failure(cell: Cell, context: RunContext) -> str | None:

@@ -17,24 +17,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from bench.catalog import load_split_annotations, open_split
+from bench.catalog import DatasetSpec, load_split_annotations, open_split
+from bench.data.dataset import DetectionDataset
 from bench.data.fewshot import few_shot_subset
+from bench.errors import BenchError
 from bench.models import MODELS
+from bench.models.base import DetectorBase
 from bench.runs.plan import Cell, RunContext
-from bench.runs.record import RESULTS_VERSION, Cost, RunRecord
+from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
+from bench.runs.store import RunStore
+from bench.train.batches import TrainingPrompts
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.distributed import join_process_group
 from bench.train.evaluate import evaluate, evaluation_dataset
-from bench.train.loop import TrainingJob, autocast_for, train
+from bench.train.loop import TrainingJob, TrainingOutcome, autocast_for, train
 from bench.train.meters import PeakMemory
 from bench.train.protocol import resolve_protocol
 from bench.tuning.accounting import account
 from bench.tuning.base import build_method
+from bench.tuning.search import with_values
+from bench.tuning.state import save_tuned
 
 BASE_INIT_SEED = 0  # randomly initialised bases (tests, --list-sized smoke runs) are the same for every cell
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "faster-coco-eval", "pycocotools", "lvis", "numpy")
 REPOSITORY = Path(__file__).resolve().parents[2]
+SELECTED_WEIGHTS = "selected.safetensors"  # a tuning trial's selected weights, kept for its test scoring
 
 
 def pick_device(name: str) -> torch.device:
@@ -71,6 +80,36 @@ def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
     }
 
 
+def used_text_positions(train_set: DetectionDataset, model: DetectorBase, dataset: DatasetSpec) -> int | None:
+    """Token positions the captions of ``dataset`` fill when its whole vocabulary is one caption; None
+    (every text slot) when captions are sampled chunks, whose longest is not known in advance."""
+    prompts = TrainingPrompts(train_set.prompt_classes(), model.tokenizer, model.text_slots, dataset.chunk_size,
+                              model.prompt_style)
+    return prompts.whole.num_tokens if prompts.whole is not None else None
+
+
+def finished_trial(spec: RunSpec, store: RunStore) -> RunRecord | None:
+    """The stored trial a selected-setting cell may reuse (``tuning["from_trial"]``), if it finished
+    and its selected weights are on disk; None means: train."""
+    key = spec.tuning.get("from_trial")
+    if key is None or key not in store.finished_keys() or not (store.work_dir(key) / SELECTED_WEIGHTS).is_file():
+        return None
+    record = store.read_result(key)
+    return record if record.spec.is_trial else None
+
+
+def reuse_trial(trial: RunRecord, weights: Path, trainable: dict[str, torch.nn.Parameter]) -> TrainingOutcome:
+    """Load the trial's selected weights into ``trainable`` and return the trial's training outcome."""
+    tensors = load_file(weights)
+    if set(tensors) != set(trainable):
+        raise BenchError(f"{weights} does not hold the tensors this method trains; delete it to train this cell afresh.")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(tensors[name])
+    cost = trial.cost
+    return TrainingOutcome(trial.best_step, dict(trial.val), cost.train_steps, False, cost.train_images_per_s, cost.eval_images_per_s)
+
+
 def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     """Train and evaluate one cell, resuming from its checkpoint if one exists; store and return its record.
 
@@ -97,39 +136,53 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     torch.manual_seed(BASE_INIT_SEED)
     model = MODELS.get(spec.model)(weights=spec.weights)
     val_set = evaluation_dataset(open_split(dataset, "val", context.data_root, cache_root=context.cache_dir), model)
-    test_set = evaluation_dataset(open_split(dataset, "test", context.data_root, cache_root=context.cache_dir), model)
+    # A tuning trial never opens the test split: its selection cannot read what it never had.
+    test_set = None if spec.is_trial else evaluation_dataset(
+        open_split(dataset, "test", context.data_root, cache_root=context.cache_dir), model)
     torch.manual_seed(spec.train_seed)
     method = build_method(spec.method, dict(spec.method_options))
+    if spec.tuned_values:
+        method = type(method)(with_values(method.config, spec.tuned_values))
     trainable = method.apply(model)
-    accounts = account(model, method, trainable)
+    accounts = account(model, method, trainable, text_positions=used_text_positions(train_set, model, dataset))
     model.to(device)
 
     memory = PeakMemory(device)
     memory.reset()
-    outcome = train(
-        TrainingJob(model, method, trainable, train_set, val_set, dataset, protocol, spec.train_seed,
-                    store.work_dir(cell.key), workers=context.workers, progress=context.progress, group=group)
-    )
+    trial = finished_trial(spec, store)
+    if trial is not None:  # the winning trial of this replicate already trained exactly this
+        outcome = reuse_trial(trial, store.work_dir(trial.key) / SELECTED_WEIGHTS, trainable)
+    else:
+        outcome = train(
+            TrainingJob(model, method, trainable, train_set, val_set, dataset, protocol, spec.train_seed,
+                        store.work_dir(cell.key), workers=context.workers, progress=context.progress, group=group)
+        )
     if not group.is_main:
         return None
-    autocast, _ = autocast_for(device, protocol.amp)
-    test = evaluate(model, test_set, dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
-                    progress="test" if context.progress else None)
+    if spec.is_trial:  # the selected weights, for the test scoring of this replicate if the trial wins
+        save_tuned(store.work_dir(cell.key) / SELECTED_WEIGHTS, model, method, trainable)
+    test_metrics: dict[str, float] = {}
+    eval_speed = outcome.eval_images_per_s
+    if test_set is not None:
+        autocast, _ = autocast_for(device, protocol.amp)
+        test = evaluate(model, test_set, dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
+                        progress="test" if context.progress else None)
+        test_metrics, eval_speed = test.metrics, test.images_per_s
     record = RunRecord(
         key=cell.key,
         spec=spec,
         val=outcome.val,
-        test=test.metrics,
+        test=test_metrics,
         best_step=outcome.best_step,
         cost=Cost(
             trainable_params=accounts.allocated,
             effective_params=accounts.effective,
             base_params=accounts.base,
             stored_bytes=accounts.stored_bytes,
-            peak_memory_bytes=memory.read(),
+            peak_memory_bytes=max(memory.read(), trial.cost.peak_memory_bytes if trial is not None else 0),
             peak_memory_kind=memory.kind,
             train_images_per_s=outcome.train_images_per_s,
-            eval_images_per_s=test.images_per_s,
+            eval_images_per_s=eval_speed,
             train_steps=outcome.steps,
             wall_s=time.perf_counter() - tick,
         ),

@@ -19,7 +19,7 @@ from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weight
 from bench.runs.record import RunSpec, shots_label
 from bench.runs.store import RunStore
 from bench.train.protocol import PROTOCOLS, resolve_protocol
-from bench.tuning.base import METHODS, build_method
+from bench.tuning.base import build_method
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,12 @@ class Cell:
     key: str
 
 
-def _seed_pairs(request: SweepRequest, shots: int | None) -> list[tuple[int | None, int]]:
-    if shots is None:  # full data: no split to draw
-        return [(None, s) for s in request.seeds]
-    if request.split_seeds is None:
-        return [(s, s) for s in request.seeds]
-    return list(itertools.product(request.split_seeds, request.seeds))
-
-
 def validate_request(request: SweepRequest) -> None:
     """Resolve every name and option once, so a typo fails before anything runs."""
     import methods  # noqa: F401  (registers every method)
 
     MODELS.get(request.model)
     PROTOCOLS.get(request.protocol)
-    for name in request.methods:
-        METHODS.get(name)
     for name in request.method_options:
         if name not in request.methods:
             raise BenchError(f"Options were given for the method {name!r}, which is not in --methods ({', '.join(request.methods)}).")
@@ -92,20 +82,24 @@ def validate_request(request: SweepRequest) -> None:
         resolve_protocol(request.protocol, shots_label(shots), request.protocol_overrides)
 
 
-def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext) -> None:
-    """Choosing weights on a validation split that is the test split would leak test data into results."""
+def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext,
+                             tuned: bool = False) -> None:
+    """Choosing weights (or, ``tuned``, hyper-parameters) on a validation split that is the test split
+    would leak test data into results."""
     selections = {resolve_protocol(request.protocol, shots_label(s), request.protocol_overrides).selection
                   for s in request.shots}
-    if "best-val" not in selections:
+    if "best-val" not in selections and not tuned:
         return
     shared = [spec.name for spec in specs if "val" in spec.splits and "test" in spec.splits
               and spec.split_paths("val", context.data_root, context.cache_dir)[1]
               == spec.split_paths("test", context.data_root, context.cache_dir)[1]]
     if shared:
         raise BenchError(
-            f"The validation and test splits of {', '.join(shared)} are the same annotation file, and protocol "
-            f"{request.protocol!r} selects weights on validation: that would choose them on test data. Use "
-            "--protocol-set selection=last (score the final weights of a fixed budget), or run those datasets separately."
+            f"The validation and test splits of {', '.join(shared)} are the same annotation file, and "
+            + ("--tune selects hyper-parameters on validation" if tuned else f"protocol {request.protocol!r} selects weights on validation")
+            + ": that would choose them on test data. "
+            + ("Run those datasets without --tune." if tuned else
+               "Use --protocol-set selection=last (score the final weights of a fixed budget), or run those datasets separately.")
         )
 
 
@@ -125,12 +119,43 @@ def resolve_weights(request: SweepRequest) -> str | None:
     return str(Path(path).resolve())
 
 
-def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None) -> list[Cell]:
-    """Every cell of the request with its run key, in method, dataset, shots, seed order."""
+@dataclass(frozen=True)
+class PlanInputs:
+    """What every cell of a request shares, resolved once: datasets, their fingerprints, the weights."""
+
+    request: SweepRequest
+    datasets: tuple[DatasetSpec, ...]
+    data_fingerprints: Mapping[str, str]
+    weights: str | None
+    weights_fingerprint: str | None
+
+    def cell(self, method: str, dataset: str, shots: int | None, split_seed: int | None, train_seed: int,
+             tuning: Mapping[str, Any] | None = None) -> Cell:
+        """The keyed cell of ``method`` on ``dataset`` at these seeds (``tuning``: see RunSpec)."""
+        request = self.request
+        run = RunSpec(
+            model=request.model,
+            weights=self.weights,
+            method=method,
+            method_options=dict(request.method_options.get(method, {})),
+            dataset=dataset,
+            shots=shots,
+            split_seed=split_seed,
+            train_seed=train_seed,
+            protocol=request.protocol,
+            protocol_overrides=dict(request.protocol_overrides),
+            tuning=dict(tuning or {}),
+        )
+        return Cell(run, run.key(self.weights_fingerprint, self.data_fingerprints[dataset]))
+
+
+def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None = None, tuned: bool = False) -> PlanInputs:
+    """Check the request (names, options, data, weights) and fingerprint what its cells share
+    (``tuned``: hyper-parameters will be selected on validation)."""
     validate_request(request)
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
-    refuse_selection_on_test(request, specs, context)
+    refuse_selection_on_test(request, specs, context, tuned)
     require_data(specs, context.data_root, cache_root=context.cache_dir)
     cache = FingerprintCache(context.results / "runs" / "fingerprints.json")
     data = {
@@ -142,23 +167,39 @@ def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | No
     weights = resolve_weights(request)
     weights_digest = weights_fingerprint(weights, cache)
     cache.save()
-    cells = []
-    for method, spec, shots in itertools.product(request.methods, specs, request.shots):
-        for split_seed, train_seed in _seed_pairs(request, shots):
-            run = RunSpec(
-                model=request.model,
-                weights=weights,
-                method=method,
-                method_options=dict(request.method_options.get(method, {})),
-                dataset=spec.name,
-                shots=shots,
-                split_seed=split_seed,
-                train_seed=train_seed,
-                protocol=request.protocol,
-                protocol_overrides=dict(request.protocol_overrides),
-            )
-            cells.append(Cell(run, run.key(weights_digest, data[spec.name])))
-    return list({cell.key: cell for cell in cells}.values())  # a name given twice is one cell
+    return PlanInputs(request, tuple(specs), data, weights, weights_digest)
+
+
+def seed_pairs(request: SweepRequest, method: str, shots: int | None) -> list[tuple[int | None, int]]:
+    """The (split seed, training seed) replicates of ``method`` at ``shots``.
+
+    A method that trains nothing (zero-shot) is deterministic and reads no training split, so it gets
+    one cell, whatever the seeds. Full data has no split to draw. Otherwise ``split_seeds`` None pairs
+    each training seed with the same split seed, and given split seeds are crossed with the seeds.
+    """
+    if not build_method(method, dict(request.method_options.get(method, {}))).trains:
+        return [(None, request.seeds[0])]
+    if shots is None:
+        return [(None, s) for s in request.seeds]
+    if request.split_seeds is None:
+        return [(s, s) for s in request.seeds]
+    return list(itertools.product(request.split_seeds, request.seeds))
+
+
+def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None) -> list[Cell]:
+    """Every cell of an untuned request with its run key, in method, dataset, shots, seed order."""
+    inputs = prepare(request, context, catalog)
+    cells = [
+        inputs.cell(method, spec.name, shots, split_seed, train_seed)
+        for method, spec, shots in itertools.product(request.methods, inputs.datasets, request.shots)
+        for split_seed, train_seed in seed_pairs(request, method, shots)
+    ]
+    return unique(cells)
+
+
+def unique(cells: Sequence[Cell]) -> list[Cell]:
+    """``cells`` without repeats (a name given twice is one cell), in order."""
+    return list({cell.key: cell for cell in cells}.values())
 
 
 def missing_cells(cells: Sequence[Cell], store: RunStore, force: bool = False) -> list[Cell]:

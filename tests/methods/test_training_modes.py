@@ -32,6 +32,7 @@ def test_methods_touching_the_same_frozen_blocks_see_the_same_modes(backend, met
         model = _modes_after(method, backend.build)
         block = model.vision_blocks()[0].module
         fusion = model.fusion_layers()[0]
+        assert model.training, method  # the detector's own mode selects losses in forward
         assert not block.training and not any(_regularisers(block)), method
         assert not fusion.training and not any(
             m.training for name, m in fusion.named_modules() if not is_slot_tensor(name)
@@ -56,3 +57,10 @@ def test_modules_whose_weights_train_run_in_train_mode(glip_a_factory):
 def test_protocol_can_put_every_module_in_train_mode(glip_a_factory):
     model = _modes_after("vpt", glip_a_factory, frozen_modules="train")
     assert all(m.training for m in model.modules())
+
+
+def test_a_method_that_only_inserts_modules_still_gets_losses(backend):
+    model = _modes_after("sdpt", backend.build, num_tokens=2)
+    task = backend.task
+    losses = model(task.images, task.sizes, task.prompt, task.targets)
+    assert losses and all(value.requires_grad for value in losses.values())

@@ -1,4 +1,4 @@
-"""VPT in the Swin backbone: parameter formula, per-stage widths, any input size, gradients, batches."""
+"""VPT in the Swin backbone: parameter formula, the three modes, any input size, gradients, batches."""
 
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ def stage_width(blocks, stage):
     ("options", "widths"),
     [
         ({}, lambda blocks: [b.channels for b in blocks]),
-        ({"mode": "shallow"}, lambda blocks: list({b.stage: b.channels for b in blocks}.values())),
+        ({"mode": "shallow"}, lambda blocks: [blocks[0].channels]),
+        ({"mode": "shallow", "stages": [3, 2]}, lambda blocks: [stage_width(blocks, 2)]),
+        ({"mode": "per-stage"}, lambda blocks: list({b.stage: b.channels for b in blocks}.values())),
         ({"stages": [1, 3]}, lambda blocks: [b.channels for b in blocks if b.stage in (1, 3)]),
-        ({"mode": "shallow", "stages": [0, 2], "num_tokens": 3}, lambda blocks: [stage_width(blocks, 0), stage_width(blocks, 2)]),
+        ({"mode": "per-stage", "stages": [0, 2], "num_tokens": 3}, lambda blocks: [stage_width(blocks, 0), stage_width(blocks, 2)]),
     ],
 )
 def test_parameter_count_follows_the_formula(options, widths, glip_a_factory):
@@ -59,9 +61,20 @@ def test_deep_prompts_are_per_block_with_each_stage_width(glip_a_factory):
     assert {b.channels for b in model.vision_blocks() if b.index in slots} == {24, 96, 192}  # fixture A widths
 
 
-def test_shallow_shares_one_set_per_stage_and_stores_it_once(glip_a_factory, tmp_path):
+@pytest.mark.parametrize(("stages", "first_stage"), [(None, 0), ([2, 3], 2)])
+def test_shallow_prompts_only_the_first_prompted_block(stages, first_stage, glip_a_factory):
+    """VPT-shallow (VPT paper §3.2): one prompt set, in the first layer only."""
     model = glip_a_factory()
-    method = build_method("vpt", {"mode": "shallow"})
+    trainable = build_method("vpt", {"mode": "shallow", "num_tokens": 4, "stages": stages}).apply(model)
+    first = next(b for b in model.vision_blocks() if b.stage == first_stage)
+    assert sorted(prompted(model)) == [first.index]
+    [tokens] = trainable.values()
+    assert tokens is first.module.extra_tokens.tokens and tokens.shape == (4, first.channels)
+
+
+def test_per_stage_shares_one_set_per_stage_and_stores_it_once(glip_a_factory, tmp_path):
+    model = glip_a_factory()
+    method = build_method("vpt", {"mode": "per-stage"})
     trainable = method.apply(model)
     stages = {b.stage for b in model.vision_blocks()}
     assert len(trainable) == len(stages)
@@ -77,7 +90,7 @@ def test_shallow_shares_one_set_per_stage_and_stores_it_once(glip_a_factory, tmp
         for parameter in trainable.values():
             parameter.add_(0.1)
         expected = model.backbone(images)
-    path = save_tuned(tmp_path / "vpt-shallow.safetensors", model, method, trainable)
+    path = save_tuned(tmp_path / "vpt-per-stage.safetensors", model, method, trainable)
     restored = glip_a_factory()
     load_tuned(path, restored)
     with torch.no_grad():
@@ -85,7 +98,7 @@ def test_shallow_shares_one_set_per_stage_and_stores_it_once(glip_a_factory, tmp
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("mode", ["deep", "shallow"])
+@pytest.mark.parametrize("mode", ["deep", "shallow", "per-stage"])
 def test_any_input_size_works_and_every_prompt_gets_a_gradient(mode, glip_a_factory):
     images = odd_sized_images((100, 150))  # padded to 128x160: 32x40 tokens, not multiples of the 7x7 window
     model = glip_a_factory()
