@@ -35,16 +35,18 @@ EXECUTORS = ("local", "slurm")
 # coupled prompts, fusion-space prototypes, low-rank updates, everything).
 DEFAULT_METHODS = ("zero-shot", "linear-probe", "glip-prompt", "coop", "vpt", "maple", "sdpt", "lora", "full")
 MAX_DEFAULT_JOBS = 8
+DEFAULT_SUITE = "shapes-odinw-mini"
 REFERENCE_HELP = ("the method every other one is compared with in the report's paired tests "
                   "(default: the best row of each model and shots)")
 
 
 def default_arguments() -> list[str]:
-    """What ``python run_bench.py`` without arguments runs: every default method on shapes-odinw with
-    glip-nano's packaged weights under the ``shapes`` protocol, one single-threaded cell per CPU core."""
+    """What ``python run_bench.py`` without arguments runs: every default method on shapes-odinw-mini
+    with glip-nano's packaged weights under the ``shapes`` protocol, its lr tuned on validation with
+    the same 3 trials for every method, 3 seed replicates, one single-threaded cell per CPU core."""
     jobs = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS))
-    return ["--model", "glip-nano", "--suite", "shapes-odinw", "--methods", ",".join(DEFAULT_METHODS),
-            "--protocol", "shapes", "--jobs", str(jobs)]
+    return ["--model", "glip-nano", "--suite", DEFAULT_SUITE, "--methods", ",".join(DEFAULT_METHODS),
+            "--protocol", "shapes", "--seeds", "0,1,2", "--tune", "lr", "--tune-trials", "3", "--jobs", str(jobs)]
 
 
 def _csv(value: str) -> list[str]:

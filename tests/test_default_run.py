@@ -1,5 +1,6 @@
 """The default benchmark (``python run_bench.py`` without arguments), reduced to two methods on one
-dataset and a few steps, run through the real command line with two cells at once."""
+dataset and a few steps (its lr tuning and three replicates kept), run through the real command line
+with two cells at once."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _replace(args: list[str], option: str, value: str) -> list[str]:
 def test_default_run_covers_every_method_family_on_the_pretrained_nano():
     args = default_arguments()
     assert args[args.index("--model") + 1] == "glip-nano" and "glip-nano" in PACKAGED_WEIGHTS
-    assert args[args.index("--suite") + 1] == "shapes-odinw" and args[args.index("--protocol") + 1] == "shapes"
+    assert args[args.index("--suite") + 1] == "shapes-odinw-mini" and args[args.index("--protocol") + 1] == "shapes"
+    assert args[args.index("--tune") + 1] == "lr" and len(args[args.index("--seeds") + 1].split(",")) >= 3
     methods = args[args.index("--methods") + 1].split(",")
     assert tuple(methods) == DEFAULT_METHODS
     build_method("zero-shot")  # registers every method
@@ -47,6 +49,12 @@ def test_reduced_default_run_writes_the_leaderboard_files(tmp_path_factory, caps
     assert (results / "leaderboard.md").read_text() in printed
     assert any(path.suffix == ".png" for path in (results / "figures").iterdir())
     records, _ = RunStore(results / "runs").load_records()
-    assert sorted(r.spec.method for r in records) == sorted(REDUCED_METHODS)
+    finals = [r for r in records if not r.spec.is_trial]
+    trials = [r for r in records if r.spec.is_trial]
+    # zero-shot once; sdpt: 3 lr trials on the first replicate, then 3 replicates with the selected lr
+    assert sorted(r.spec.method for r in finals) == ["sdpt"] * 3 + ["zero-shot"]
+    assert len(trials) == 3 and {r.spec.method for r in trials} == {"sdpt"}
+    assert {r.spec.train_seed for r in finals if r.spec.method == "sdpt"} == {0, 1, 2}
+    assert (results / "tuning.md").is_file() and (results / "comparisons.md").is_file()
     assert all(r.spec.weights == str(PACKAGED_WEIGHTS["glip-nano"].resolve()) for r in records)
     assert all(r.cost.train_steps == (0 if r.spec.method == "zero-shot" else STEPS) for r in records)
