@@ -99,7 +99,7 @@ def test_max_steps_caps_the_budget_and_eval_interval_defaults_to_an_epoch():
 
 def test_registered_shapes_protocol_budget():
     shapes = resolve_protocol("shapes", "full")
-    assert shapes.total_steps(50) == 100 and shapes.eval_interval(50) == 50
+    assert shapes.total_steps(50) == 50 and shapes.eval_interval(50) == 25 and shapes.warmup_steps < shapes.max_steps
 
 
 def test_determinism_is_a_protocol_switch_that_turns_on_deterministic_kernels(monkeypatch):

@@ -33,10 +33,10 @@ def test_every_field_of_every_method_config_has_a_source(name):
 def test_composites_take_their_sources_from_their_parts(name):
     cls = METHODS.get(name)
     sources = cls.config_class.sources
-    (first, first_cls), *_ = cls.parts
-    for shared in ("lr", "weight_decay"):
-        assert sources[shared] == first_cls.config_class.sources[shared]
-        assert getattr(cls.config_class(), shared) == getattr(first_cls.config_class(), shared)
+    slowest = min((part_cls for _, part_cls in cls.parts), key=lambda part_cls: part_cls.config_class().lr)
+    for shared in ("lr", "weight_decay"):  # one setting for all parts: the lowest-lr part's, with its source
+        assert sources[shared].startswith("ours: ") and slowest.config_class.sources[shared] in sources[shared]
+        assert getattr(cls.config_class(), shared) == getattr(slowest.config_class(), shared)
     for part, part_cls in cls.parts:
         prefix = part.replace("-", "_").replace("+", "_")
         for field, source in part_cls.config_class.sources.items():
@@ -44,12 +44,14 @@ def test_composites_take_their_sources_from_their_parts(name):
                 assert sources[f"{prefix}_{field}"] == source
 
 
-def test_a_composite_built_on_the_fly_inherits_its_first_parts_optimiser_sources():
-    method_class = compose("lora+bitfit", ("lora", "bitfit"))
-    assert method_class.name == "lora+bitfit"
+def test_a_composite_built_on_the_fly_takes_its_slowest_parts_optimiser_settings():
+    method_class = compose("coop+lora", ("coop", "lora"))
+    assert method_class.name == "coop+lora"
     config_class = method_class.config_class
-    assert config_class.sources["lr"] == METHODS.get("lora").config_class.sources["lr"]
+    assert config_class().lr == METHODS.get("lora").config_class().lr < METHODS.get("coop").config_class().lr
+    assert METHODS.get("lora").config_class.sources["lr"] in config_class.sources["lr"]
     assert config_class.sources["lora_rank"] == METHODS.get("lora").config_class.sources["rank"]
+    assert config_class.sources["coop_context_tokens"] == METHODS.get("coop").config_class.sources["context_tokens"]
 
 
 def test_sources_merge_through_subclasses():
