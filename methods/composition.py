@@ -75,8 +75,8 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
     if len(parts) < 2 or len(set(parts)) != len(parts):
         raise BenchError(f"A composite method needs at least two distinct parts, got {parts!r}.")
     classes = tuple((part, METHODS.get(part)) for part in parts)
-    # One optimiser setting serves every part: the part with the lowest default lr gives it, since a
-    # weight update (LoRA) at a prompt method's rate (1e-2) diverges, while prompts merely move slower.
+    # One optimiser setting serves every part: the part with the lowest default lr gives it. Too high a
+    # rate can make a weight update (LoRA) diverge; too low a rate only makes prompts move slower.
     slowest = min((cls.config_class for _, cls in classes), key=lambda config: config().lr)
     fields: list[tuple[str, object, dataclasses.Field]] = [
         (f.name, f.type, dataclasses.field(default=getattr(slowest(), f.name))) for f in dataclasses.fields(slowest) if f.name in SHARED_FIELDS
