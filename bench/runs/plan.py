@@ -177,7 +177,7 @@ def seed_pairs(request: SweepRequest, method: str, shots: int | None) -> list[tu
     one cell, whatever the seeds. Full data has no split to draw. Otherwise ``split_seeds`` None pairs
     each training seed with the same split seed, and given split seeds are crossed with the seeds.
     """
-    if not build_method(method, dict(request.method_options.get(method, {}))).trains:
+    if not method_trains(request, method):
         return [(None, request.seeds[0])]
     if shots is None:
         return [(None, s) for s in request.seeds]
@@ -186,15 +186,25 @@ def seed_pairs(request: SweepRequest, method: str, shots: int | None) -> list[tu
     return list(itertools.product(request.split_seeds, request.seeds))
 
 
+def method_trains(request: SweepRequest, method: str) -> bool:
+    """Whether ``method`` (with the request's options for it) trains anything; zero-shot does not."""
+    return build_method(method, dict(request.method_options.get(method, {}))).trains
+
+
+def replicate_cells(inputs: PlanInputs, methods: Sequence[str]) -> list[Cell]:
+    """Every replicate of ``methods`` on every dataset and shots, untuned, in that order, no repeats."""
+    request = inputs.request
+    return unique([
+        inputs.cell(method, spec.name, shots, split_seed, train_seed)
+        for method, spec, shots in itertools.product(methods, inputs.datasets, request.shots)
+        for split_seed, train_seed in seed_pairs(request, method, shots)
+    ])
+
+
 def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None) -> list[Cell]:
     """Every cell of an untuned request with its run key, in method, dataset, shots, seed order."""
     inputs = prepare(request, context, catalog)
-    cells = [
-        inputs.cell(method, spec.name, shots, split_seed, train_seed)
-        for method, spec, shots in itertools.product(request.methods, inputs.datasets, request.shots)
-        for split_seed, train_seed in seed_pairs(request, method, shots)
-    ]
-    return unique(cells)
+    return replicate_cells(inputs, request.methods)
 
 
 def unique(cells: Sequence[Cell]) -> list[Cell]:

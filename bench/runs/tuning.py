@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from bench.errors import BenchError
-from bench.runs.plan import Cell, PlanInputs, seed_pairs, unique
+from bench.runs.plan import Cell, PlanInputs, method_trains, replicate_cells, seed_pairs, unique
 from bench.runs.record import SELECTED, TRIAL, RunRecord
 from bench.tuning.base import build_method
 from bench.tuning.search import parse_tuned_fields, search_space, trial_values
@@ -91,16 +91,7 @@ def trial_cells(inputs: PlanInputs, tune: TuneRequest) -> list[Cell]:
 def untuned_cells(inputs: PlanInputs) -> list[Cell]:
     """The cells of methods with nothing to tune (zero-shot): run as they are, next to the trials."""
     request = inputs.request
-    return unique([
-        inputs.cell(method, spec.name, shots, split_seed, train_seed)
-        for method in request.methods if not _method_trains(inputs, method)
-        for spec in inputs.datasets for shots in request.shots
-        for split_seed, train_seed in seed_pairs(request, method, shots)
-    ])
-
-
-def _method_trains(inputs: PlanInputs, method: str) -> bool:
-    return build_method(method, dict(inputs.request.method_options.get(method, {}))).trains
+    return replicate_cells(inputs, [method for method in request.methods if not method_trains(request, method)])
 
 
 def validation_scores(trials: Sequence[Cell], records: Mapping[str, RunRecord]) -> dict[str, float]:
@@ -153,7 +144,7 @@ def final_cells(inputs: PlanInputs, tune: TuneRequest,
     request = inputs.request
     cells = []
     for method in request.methods:
-        if not _method_trains(inputs, method):
+        if not method_trains(request, method):
             continue
         for spec in inputs.datasets:
             for shots in request.shots:
