@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -111,13 +111,28 @@ class Catalog:
 
     @classmethod
     def load(cls, directory: str | Path = CATALOG_DIR) -> "Catalog":
-        directory = Path(directory)
-        files = sorted(directory.glob("*.yaml"))
-        if not files:
-            raise BenchError(f"The dataset catalog {directory} holds no *.yaml files; is this a full checkout?")
+        """The catalog of one folder (the repository's ``datasets/`` by default)."""
+        return cls.from_folders([Path(directory)])
+
+    @classmethod
+    def with_user_folder(cls, extra: str | Path | None = None) -> "Catalog":
+        """The built-in catalog plus the user's ``--catalog`` folder (None: built-in only); a dataset or
+        suite name declared in both is an error, so a user file can never silently replace ours."""
+        return cls.from_folders([CATALOG_DIR] + ([Path(extra)] if extra is not None else []))
+
+    @classmethod
+    def from_folders(cls, directories: Sequence[Path]) -> "Catalog":
         catalog = cls()
-        for path in files:
-            catalog._add_file(path)
+        for directory in directories:
+            if not directory.is_dir():
+                raise BenchError(f"The catalog folder {directory} does not exist or is not a folder; pass --catalog a "
+                                 "folder of *.yaml dataset files (README.md: \"Your own COCO-format dataset\").")
+            files = sorted(directory.glob("*.yaml"))
+            if not files:
+                raise BenchError(f"The dataset catalog {directory} holds no *.yaml files; put your dataset and suite "
+                                 "files there (README.md: \"Your own COCO-format dataset\").")
+            for path in files:
+                catalog._add_file(path)
         for suite in catalog.suites:
             for name in suite.obj.datasets:
                 if name not in catalog.datasets:
@@ -129,17 +144,25 @@ class Catalog:
 
     def _add_file(self, path: Path) -> None:
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
-            raise BenchError(f"Catalog file {path} is not valid YAML: {err}") from None
+            raise BenchError(f"Catalog file {path} is not valid YAML ({' '.join(str(err).split())}); fix the file "
+                             "(datasets/README.md shows the format).") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise BenchError(f"Catalog file {path} cannot be read as UTF-8 text ({err}); fix or remove it.") from None
         _check_keys(path, "the top level", doc, {"suite", "defaults", "datasets"})
         defaults = doc.get("defaults") or {}
         for name, entry in (doc.get("datasets") or {}).items():
             if name in self.datasets:
-                raise BenchError(f"Dataset {name!r} is declared twice (again in {path}); names must be unique.")
+                first = self.datasets.get(name).source
+                raise BenchError(f"Dataset {name!r} is declared twice, in {first} and again in {path}; names must be "
+                                 "unique, so rename the one in your catalog folder.")
             self.datasets.add(name, _dataset_spec(path, name, {**defaults, **(entry or {})}), (entry or {}).get("description", ""))
         if "suite" in doc:
             suite = _suite_spec(path, doc["suite"])
+            if suite.name in self.suites:
+                raise BenchError(f"Suite {suite.name!r} is declared twice, in {self.suites.get(suite.name).source} and "
+                                 f"again in {path}; names must be unique, so rename the one in your catalog folder.")
             self.suites.add(suite.name, suite, suite.description)
 
     def dataset(self, name: str) -> DatasetSpec:

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_argument_group("data and results")
     where.add_argument("--data-root", type=Path, help="folder holding the real datasets (see datasets/README.md)")
     where.add_argument("--cache-dir", type=Path, help="where synthetic datasets are generated (default: ~/.cache/vl-peft-bench)")
-    where.add_argument("--catalog", type=Path, help="catalog folder with *.yaml files (default: the repository's datasets/)")
+    where.add_argument("--catalog", type=Path, help="a folder of your own dataset and suite *.yaml files, added to the repository's datasets/ "
+                            "(README: \"Your own COCO-format dataset\")")
     where.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
     how = parser.add_argument_group("how to run")
     how.add_argument("--executor", choices=EXECUTORS, default="local", help="run here, or as a SLURM job array (default: local)")
@@ -159,7 +160,7 @@ def build_report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_bench.py report", description="Rebuild leaderboards and figures from stored results.")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
     parser.add_argument("--suite", action="append", default=[], help="suite(s) to aggregate (default: every suite whose datasets have results)")
-    parser.add_argument("--catalog", type=Path, help="catalog folder (default: the repository's datasets/)")
+    parser.add_argument("--catalog", type=Path, help="a folder of your own dataset and suite *.yaml files, added to the repository's datasets/")
     parser.add_argument("--reference", help=REFERENCE_HELP)
     return parser
 
@@ -345,7 +346,7 @@ def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites
 
 def report_main(argv: Sequence[str]) -> int:
     args = build_report_parser().parse_args(argv)
-    catalog = Catalog.load(args.catalog) if args.catalog else Catalog.load()
+    catalog = Catalog.with_user_folder(args.catalog)
     from bench.runs.store import RunStore
 
     records, _ = RunStore(args.results / "runs").load_records()
@@ -364,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report_main(argv[1:])
         parser = build_parser()
         args = parser.parse_args(argv)
-        catalog = Catalog.load(args.catalog) if args.catalog else Catalog.load()
+        catalog = Catalog.with_user_folder(args.catalog)
         if args.list:
             print_catalog(catalog, verbose=args.verbose)
         elif args.check_data:

@@ -39,7 +39,7 @@ class RunContext:
         return RunStore(self.results / "runs")
 
     def catalog(self) -> Catalog:
-        return Catalog.load(self.catalog_dir) if self.catalog_dir else Catalog.load()
+        return Catalog.with_user_folder(self.catalog_dir)
 
 
 @dataclass(frozen=True)
