@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.catalog import SPLITS, Catalog, load_split_annotations, require_data
+from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.models import MODELS
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
@@ -221,6 +222,15 @@ def sweep_request(catalog: Catalog, args: argparse.Namespace) -> SweepRequest:
     )
 
 
+def say_held_out(cells: Sequence[Cell]) -> None:
+    """Name the datasets whose validation is held out of their training images (bench.data.holdout)."""
+    held = sorted({cell.spec.dataset for cell in cells if cell.spec.validation != DECLARED})
+    if held:
+        print(f"Validation of {', '.join(held)} is held out of the training images ({HELD_OUT_FRACTION:.0%}, seed "
+              f"{HELD_OUT_SEED}; few-shot: from the images outside the sample), because their validation file is "
+              "their test file (README: \"Held-out validation\").")
+
+
 def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], title: str = "") -> None:
     pending = {cell.key for cell in todo}
     for cell in cells:
@@ -262,6 +272,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     if args.tune:
         return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))
     cells = plan_cells(request, context, catalog)
+    say_held_out(cells)
     todo = missing_cells(cells, context.store, force=args.force)
     if args.dry_run:
         print_plan(cells, todo)
@@ -278,6 +289,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     inputs = prepare(request, context, catalog, tuned=True)
     trials = trial_cells(inputs, tune)
     first = trials + untuned_cells(inputs)
+    say_held_out(first)
     todo = missing_cells(first, context.store, force=args.force)
     print(f"Tuning: {tune.describe()}.")
     if args.dry_run:

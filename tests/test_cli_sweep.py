@@ -168,7 +168,14 @@ def test_report_without_results_is_explained(capsys, tmp_path):
     assert "No finished runs in" in error_of(capsys)
 
 
-def test_selecting_on_a_validation_split_that_is_the_test_split_is_refused(capsys):
-    assert main(["--methods", "sdpt", "--suite", "coco", "--data-root", "/nonexistent", "--protocol", "glip-odinw", "--dry-run"]) == 2
-    err = capsys.readouterr().err
-    assert "same annotation file" in err and "selection=last" in err
+def test_a_dataset_whose_validation_is_its_test_is_planned_with_held_out_validation(capsys, tmp_path):
+    root = tmp_path / "data"
+    for split in ("train2017", "val2017", "annotations"):
+        (root / "coco" / split).mkdir(parents=True)
+    for name in ("instances_train2017.json", "instances_val2017.json"):
+        (root / "coco" / "annotations" / name).write_text("{}")
+    assert main(["--methods", "sdpt", "--suite", "coco", "--data-root", str(root), "--protocol", "glip-odinw",
+                 "--results", str(tmp_path / "results"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Validation of coco is held out of the training images" in out
+    assert "1 cells: 0 done, 1 to run." in out

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from bench.catalog import DatasetSpec, load_split_annotations, open_split
 from bench.data.dataset import DetectionDataset
 from bench.data.fewshot import few_shot_subset
+from bench.data.holdout import DECLARED, split_off_validation
 from bench.errors import BenchError
 from bench.models import MODELS
 from bench.models.base import DetectorBase
@@ -88,6 +89,22 @@ def used_text_positions(train_set: DetectionDataset, model: DetectorBase, datase
     return prompts.whole.num_tokens if prompts.whole is not None else None
 
 
+def training_and_validation(dataset: DatasetSpec, spec: RunSpec, context: RunContext) -> tuple[DetectionDataset, DetectionDataset]:
+    """The cell's training set (full, or its K-shot sample) and its validation set: the dataset's own
+    validation split, or (``spec.validation`` held out) one drawn from the training images that the
+    training set does not use (:mod:`bench.data.holdout`)."""
+    where = {"cache_root": context.cache_dir}
+    train = load_split_annotations(dataset, "train", context.data_root, context.cache_dir)
+    sample = None if spec.shots is None else few_shot_subset(
+        train, spec.shots, spec.split_seed, split_dir=dataset.split_paths("train", context.data_root, context.cache_dir)[1].parent)
+    if spec.validation == DECLARED:
+        return (open_split(dataset, "train", context.data_root, annotations=train if sample is None else sample, **where),
+                open_split(dataset, "val", context.data_root, **where))
+    training, validation = split_off_validation(train, sample)
+    return (open_split(dataset, "train", context.data_root, annotations=training, **where),
+            open_split(dataset, "train", context.data_root, annotations=validation, **where))
+
+
 def finished_trial(spec: RunSpec, store: RunStore) -> RunRecord | None:
     """The stored trial a selected-setting cell may reuse (``tuning["from_trial"]``), if it finished
     and its selected weights are on disk; None means: train."""
@@ -125,17 +142,11 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     group = join_process_group(device)
     device = group.device(device)
 
-    train_annotations = load_split_annotations(dataset, "train", context.data_root, context.cache_dir)
-    if spec.shots is not None:
-        train_annotations = few_shot_subset(
-            train_annotations, spec.shots, spec.split_seed,
-            split_dir=dataset.split_paths("train", context.data_root, context.cache_dir)[1].parent,
-        )
-    train_set = open_split(dataset, "train", context.data_root, cache_root=context.cache_dir, annotations=train_annotations)
+    train_set, val_split = training_and_validation(dataset, spec, context)
 
     torch.manual_seed(BASE_INIT_SEED)
     model = MODELS.get(spec.model)(weights=spec.weights)
-    val_set = evaluation_dataset(open_split(dataset, "val", context.data_root, cache_root=context.cache_dir), model)
+    val_set = evaluation_dataset(val_split, model)
     # A tuning trial never opens the test split: its selection cannot read what it never had.
     test_set = None if spec.is_trial else evaluation_dataset(
         open_split(dataset, "test", context.data_root, cache_root=context.cache_dir), model)

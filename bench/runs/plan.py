@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
+from bench.data.holdout import DECLARED, HELD_OUT, validation_is_test
 from bench.errors import BenchError
 from bench.models import MODELS, PACKAGED_WEIGHTS
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
@@ -82,25 +83,19 @@ def validate_request(request: SweepRequest) -> None:
         resolve_protocol(request.protocol, shots_label(shots), request.protocol_overrides)
 
 
-def refuse_selection_on_test(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext,
-                             tuned: bool = False) -> None:
-    """Choosing weights (or, ``tuned``, hyper-parameters) on a validation split that is the test split
-    would leak test data into results."""
+def held_out_validation(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext,
+                        tuned: bool = False) -> frozenset[str]:
+    """The datasets whose validation must be held out of their training images: those whose validation
+    file is their test file, when the sweep selects on validation (``best-val`` weights or, ``tuned``,
+    hyper-parameters), which would otherwise choose on test data. With ``selection: last`` and no
+    tuning nothing is selected, so they keep their declared split (GLIP's setting)."""
     selections = {resolve_protocol(request.protocol, shots_label(s), request.protocol_overrides).selection
                   for s in request.shots}
     if "best-val" not in selections and not tuned:
-        return
-    shared = [spec.name for spec in specs if "val" in spec.splits and "test" in spec.splits
-              and spec.split_paths("val", context.data_root, context.cache_dir)[1]
-              == spec.split_paths("test", context.data_root, context.cache_dir)[1]]
-    if shared:
-        raise BenchError(
-            f"The validation and test splits of {', '.join(shared)} are the same annotation file, and "
-            + ("--tune selects hyper-parameters on validation" if tuned else f"protocol {request.protocol!r} selects weights on validation")
-            + ": that would choose them on test data. "
-            + ("Run those datasets without --tune." if tuned else
-               "Use --protocol-set selection=last (score the final weights of a fixed budget), or run those datasets separately.")
-        )
+        return frozenset()
+    return frozenset(spec.name for spec in specs if "val" in spec.splits and "test" in spec.splits and validation_is_test(
+        spec.split_paths("val", context.data_root, context.cache_dir)[1],
+        spec.split_paths("test", context.data_root, context.cache_dir)[1]))
 
 
 def resolve_weights(request: SweepRequest) -> str | None:
@@ -128,6 +123,7 @@ class PlanInputs:
     data_fingerprints: Mapping[str, str]
     weights: str | None
     weights_fingerprint: str | None
+    held_out: frozenset[str] = frozenset()
 
     def cell(self, method: str, dataset: str, shots: int | None, split_seed: int | None, train_seed: int,
              tuning: Mapping[str, Any] | None = None) -> Cell:
@@ -145,6 +141,7 @@ class PlanInputs:
             protocol=request.protocol,
             protocol_overrides=dict(request.protocol_overrides),
             tuning=dict(tuning or {}),
+            validation=HELD_OUT if dataset in self.held_out else DECLARED,
         )
         return Cell(run, run.key(self.weights_fingerprint, self.data_fingerprints[dataset]))
 
@@ -155,7 +152,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     validate_request(request)
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
-    refuse_selection_on_test(request, specs, context, tuned)
+    held_out = held_out_validation(request, specs, context, tuned)
     require_data(specs, context.data_root, cache_root=context.cache_dir)
     cache = FingerprintCache(context.results / "runs" / "fingerprints.json")
     data = {
@@ -167,7 +164,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     weights = resolve_weights(request)
     weights_digest = weights_fingerprint(weights, cache)
     cache.save()
-    return PlanInputs(request, tuple(specs), data, weights, weights_digest)
+    return PlanInputs(request, tuple(specs), data, weights, weights_digest, held_out)
 
 
 def seed_pairs(request: SweepRequest, method: str, shots: int | None) -> list[tuple[int | None, int]]:

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from bench.data.holdout import DECLARED
 from bench.errors import BenchError
 
 RESULTS_VERSION = 2
@@ -46,6 +47,8 @@ class RunSpec:
     (:mod:`bench.runs.tuning`) ``{"stage": "trial", "values": {...}}`` for a trial, which is scored on
     validation only, or ``{"stage": "selected", "values": {...}, ...}`` with how the values were
     selected. ``values`` change the method's config without changing its leaderboard row.
+    ``validation``: where the validation split comes from, the dataset's own (``"split"``) or held
+    out from its training images (:mod:`bench.data.holdout`), for datasets whose validation is their test.
     """
 
     model: str
@@ -59,6 +62,7 @@ class RunSpec:
     protocol: str = "default"
     protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
     tuning: Mapping[str, Any] = field(default_factory=dict)
+    validation: str = DECLARED
 
     @property
     def is_trial(self) -> bool:
@@ -100,8 +104,11 @@ class RunSpec:
 
     def key(self, weights_fingerprint: str | None, data_fingerprint: str) -> str:
         """The run key: a hash of the spec, the fingerprints and :data:`RESULTS_VERSION`."""
+        spec = self.to_dict() | {"weights": None}
+        if spec["validation"] == DECLARED:  # the keys of runs made before held-out validation existed
+            del spec["validation"]
         payload = {
-            "spec": self.to_dict() | {"weights": None},
+            "spec": spec,
             "weights": weights_fingerprint,
             "data": data_fingerprint,
             "results_version": RESULTS_VERSION,
