@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import GroundingDinoForObjectDetection, MMGroundingDinoForObjectDetection
 from transformers.loss.loss_grounding_dino import GroundingDinoForObjectDetectionLoss
 
@@ -17,7 +18,7 @@ from bench.data.dataset import DetectionDataset
 from bench.data.prompts import Prompt, PromptClass, build_prompts
 from bench.data.synthetic import ShapesWorldConfig, generate
 from bench.errors import BenchError
-from bench.models import MODELS
+from bench.models import MODELS, ModelInputs, check_model_inputs
 from bench.launch.local import run_local
 from bench.models.grounding_dino import config as gd_config
 from bench.models.grounding_dino import model as gd_model
@@ -226,6 +227,19 @@ def test_a_folder_of_the_other_family_is_refused(saved_tiny, monkeypatch):
     open(path, "w").write(json.dumps(config))
     with pytest.raises(BenchError, match="holds a 'owlv2' model, not one of grounding-dino, mm-grounding-dino"):
         load_grounding_dino("grounding-dino", "t", weights=folder)
+
+
+def test_the_pre_sweep_check_passes_a_saved_folder_and_refuses_a_file_of_another_architecture(saved_tiny, monkeypatch):
+    model, folder = saved_tiny
+    monkeypatch.setitem(gd_config.SWIN_SHAPES, "t", gd_config.swin_shape_of(model.hf.config))
+    check_model_inputs("grounding-dino-t", ModelInputs(weights=folder))
+    with pytest.raises(BenchError, match="reads its tokenizer from its --weights folder"):
+        check_model_inputs("grounding-dino-t", ModelInputs(weights=folder, tokenizer=folder))
+    tensors = load_file(f"{folder}/model.safetensors")
+    name = sorted(k for k in tensors if k.endswith("bias"))[0]
+    save_file({k: v for k, v in tensors.items() if k != name}, f"{folder}/model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(BenchError, match="do not match grounding-dino-t: 4 missing keys, e.g. bbox_embed"):
+        check_model_inputs("grounding-dino-t", ModelInputs(weights=folder))
 
 
 def test_a_sweep_runs_grounding_dino_from_its_folder_end_to_end(saved_tiny, monkeypatch, tmp_path_factory):

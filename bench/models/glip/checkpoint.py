@@ -49,8 +49,12 @@ class LoadReport:
     left_to_methods: list[str] = field(default_factory=list)
 
 
-def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict of an official checkpoint (or of a plain state-dict or ``.safetensors`` file), ``module.`` stripped."""
+def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of an official checkpoint (or of a plain state-dict or ``.safetensors`` file), ``module.`` stripped.
+
+    ``mmap``: map the file instead of reading it (zip-format files; older ones are read), for checks
+    that only look at names and shapes.
+    """
     path = Path(path)
     if not path.is_file():
         raise BenchError(
@@ -63,7 +67,7 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
         except (SafetensorError, OSError) as err:
             raise BenchError(f"Checkpoint {path} cannot be read ({err}); the file is truncated or not a safetensors file.") from None
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
+        raw = _torch_load(path, allow_unsafe_pickle, mmap)
     except pickle.UnpicklingError as err:
         disallowed = re.search(r"GLOBAL (\S+)|(\S+) was not an allowed global", str(err))
         if disallowed is None:
@@ -71,7 +75,7 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
         raise BenchError(
             f"Checkpoint {path} holds Python objects beyond tensors ({next(g for g in disallowed.groups() if g)}), "
             "so it was not loaded: reading it would let the file run code. If you trust its source, pass "
-            "--allow-unsafe-checkpoint (allow_unsafe_pickle=True) to load it anyway."
+            "--allow-unsafe-checkpoint to load it anyway (a pickled file can run any code when it is read)."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise BenchError(f"Checkpoint {path} cannot be read ({err}); the file is truncated or not a PyTorch checkpoint.") from None
@@ -83,6 +87,16 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
     if state and all(k.startswith(DDP_PREFIX) for k in state):
         state = {k[len(DDP_PREFIX):]: v for k, v in state.items()}
     return state
+
+
+def _torch_load(path: Path, allow_unsafe_pickle: bool, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):  # not a zip-format file: read it whole below
+                raise
+    return torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
 
 
 def _listed(keys: Iterable[str]) -> str:
@@ -105,6 +119,21 @@ def load_state_dict_verified(
     """
     own = model.state_dict()
     method_keys = [k for k in own if is_method_tensor(k)]
+    expected, ignored = verify_state_dict_shapes(own, state, source=source, is_method_tensor=is_method_tensor)
+    model.load_state_dict({k: state[k] for k in expected}, strict=False)  # only method tensors stay as they are
+    return LoadReport(loaded=len(expected), ignored=sorted(ignored), left_to_methods=sorted(method_keys))
+
+
+def verify_state_dict_shapes(
+    own: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    is_method_tensor=lambda key: False,
+) -> tuple[set[str], list[str]]:
+    """Prove that ``state`` (a file's tensors) and ``own`` (a model's) describe the same architecture:
+    ``(model keys to load, ignorable file keys)``, or one error listing the first mismatches. Reads
+    only names and shapes, so it also checks a file against a model on the meta device."""
     expected = {k for k in own if not is_method_tensor(k)}
     missing = expected - set(state)
     ignored = [k for k in state if k not in own and any(p.search(k) for p in IGNORABLE_KEYS)]
@@ -127,8 +156,7 @@ def load_state_dict_verified(
             "Check that --model matches the file (glip-t for glip_tiny_*.pth, glip-l for glip_large_model.pth) "
             "and that the file is an official GLIP checkpoint or was saved by this project."
         )
-    model.load_state_dict({k: state[k] for k in expected}, strict=False)  # only method tensors stay as they are
-    return LoadReport(loaded=len(expected), ignored=sorted(ignored), left_to_methods=sorted(method_keys))
+    return expected, ignored
 
 
 def load_official_checkpoint(

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
-from bench.models import MODELS, PACKAGED_WEIGHTS
+from bench.models import MODEL_INPUT_CHECKS, MODELS, PACKAGED_WEIGHTS, ModelInputs
 from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets
 from bench.models.glip.atss_loss import atss_losses
 from bench.models.glip.backbone import GlipBackbone
-from bench.models.glip.checkpoint import load_official_checkpoint
+from bench.models.glip.checkpoint import load_official_checkpoint, read_official_state_dict, verify_state_dict_shapes
 from bench.models.glip.config import GLIP_L, GLIP_NANO, GLIP_T, GlipConfig
 from bench.models.glip.fusion import VLFuse
 from bench.models.glip.head import HeadOutputs, VLDyHead
@@ -225,11 +225,24 @@ def build_glip(
     return model
 
 
-MODELS.add("glip-t", partial(build_glip, GLIP_T), "GLIP-T: Swin-T, BERT-base, 6 VL-DyHead blocks (231.8M parameters)")
-MODELS.add("glip-l", partial(build_glip, GLIP_L), "GLIP-L: Swin-L, BERT-base, 8 VL-DyHead blocks (430.4M parameters)")
-MODELS.add(
-    "glip-nano",
-    partial(build_glip, GLIP_NANO, tokenizer=NANO_TOKENIZER),
-    "GLIP-nano: the same GLIP reduced for the synthetic shapes world, pre-trained on its corpus (2.0M parameters, CPU-sized)",
-)
+def check_glip_inputs(config: GlipConfig, default_tokenizer: str | Path, inputs: ModelInputs) -> None:
+    """Load the tokenizer, then match the checkpoint's tensor names and shapes against this
+    configuration built on the meta device (no weights in memory; the file is memory-mapped)."""
+    load_tokenizer(inputs.tokenizer or default_tokenizer)
+    if inputs.weights is None:
+        return
+    with torch.device("meta"):
+        model = GLIP(config)
+    state = read_official_state_dict(inputs.weights, allow_unsafe_pickle=inputs.allow_unsafe_checkpoint, mmap=True)
+    verify_state_dict_shapes(model.state_dict(), state, source=str(inputs.weights))
+
+
+for _name, _config, _tokenizer, _description in (
+    ("glip-t", GLIP_T, DEFAULT_TOKENIZER, "GLIP-T: Swin-T, BERT-base, 6 VL-DyHead blocks (231.8M parameters)"),
+    ("glip-l", GLIP_L, DEFAULT_TOKENIZER, "GLIP-L: Swin-L, BERT-base, 8 VL-DyHead blocks (430.4M parameters)"),
+    ("glip-nano", GLIP_NANO, NANO_TOKENIZER, "GLIP-nano: the same GLIP reduced for the synthetic shapes world, "
+     "pre-trained on its corpus (2.0M parameters, CPU-sized)"),
+):
+    MODELS.add(_name, partial(build_glip, _config, tokenizer=_tokenizer), _description)
+    MODEL_INPUT_CHECKS.add(_name, partial(check_glip_inputs, _config, _tokenizer))
 PACKAGED_WEIGHTS["glip-nano"] = NANO_WEIGHTS

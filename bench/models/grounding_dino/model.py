@@ -46,7 +46,7 @@ from transformers import (
 
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
-from bench.models import MODELS
+from bench.models import MODEL_INPUT_CHECKS, MODELS, ModelInputs
 from bench.models.base import DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
 from bench.models.grounding_dino.extensions import add_slots
@@ -274,6 +274,32 @@ def load_grounding_dino(family: str, size: str, *, weights: str | Path | None = 
     The folder must hold the model (``config.json`` and weights) and its tokenizer; a folder of the
     other family or of another size is refused, naming the model it does hold.
     """
+    name, source = f"{family}-{size}", _checked_config(family, size, weights)[0]
+    try:
+        model, info = FAMILY_MODELS[family].from_pretrained(source, local_files_only=True, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, use_fast=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _missing_weights(name, f"loading from {source!r} failed ({' '.join(str(err).split())[:300]})") from None
+    problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
+    if problems:  # transformers would only warn and leave those tensors randomly initialised
+        listed = "; ".join(f"{len(keys)} {kind.replace('_', ' ')}, e.g. {sorted(map(str, keys))[0]}" for kind, keys in problems.items())
+        raise BenchError(f"The weights in {source} do not match {name}: {listed}. Pass the {name} folder (--weights DIR) "
+                         "exactly as save_pretrained or the Hugging Face download wrote it.")
+    return GroundingDino(model.eval(), tokenizer)
+
+
+def check_grounding_dino_inputs(family: str, size: str, inputs: ModelInputs) -> None:
+    """Load the folder once, strictly (config family and size, every tensor, the tokenizer): the
+    per-cell load then cannot fail on it. transformers renames tensors between its files and its
+    modules, so a header-only comparison would need its private key mapping; one load is seconds."""
+    name = f"{family}-{size}"
+    if inputs.tokenizer is not None:
+        raise BenchError(f"{name} reads its tokenizer from its --weights folder; leave out --tokenizer {inputs.tokenizer}.")
+    load_grounding_dino(family, size, weights=inputs.weights)
+
+
+def _checked_config(family: str, size: str, weights: str | Path | None) -> tuple[str, Any]:
+    """``(folder, config)`` of a ``from_pretrained`` folder that holds ``family`` at ``size``."""
     name = f"{family}-{size}"
     if weights is None:
         raise _missing_weights(name, "no --weights was given")
@@ -293,12 +319,7 @@ def load_grounding_dino(family: str, size: str, *, weights: str | Path | None = 
             f"{list(config.backbone_config.depths)}), not {name}; pass the {name} folder"
             + (f" or --model {held}." if held in HUB_NAMES else ".")
         )
-    try:
-        model = FAMILY_MODELS[family].from_pretrained(source, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, use_fast=True)
-    except (OSError, ValueError) as err:
-        raise _missing_weights(name, f"loading from {source!r} failed ({err})") from None
-    return GroundingDino(model.eval(), tokenizer)
+    return source, config
 
 
 DESCRIPTIONS = {
@@ -311,3 +332,4 @@ DESCRIPTIONS = {
 for _name, _description in DESCRIPTIONS.items():
     _family, _size = _name.rsplit("-", 1)
     MODELS.add(_name, partial(load_grounding_dino, _family, _size), f"{_description}; --weights DIR")
+    MODEL_INPUT_CHECKS.add(_name, partial(check_grounding_dino_inputs, _family, _size))
