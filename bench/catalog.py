@@ -28,6 +28,7 @@ CATALOG_DIR = Path(__file__).resolve().parents[1] / "datasets"
 SPLITS = ("train", "val", "test")
 AGGREGATIONS = ("mean",)
 MAX_LISTED_MISSING = 10
+INVALID_BOX_POLICIES = ("refuse", "drop")
 
 
 def default_cache_root() -> Path:
@@ -48,7 +49,12 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything the harness needs to know about one dataset, as declared in the catalog."""
+    """Everything the harness needs to know about one dataset, as declared in the catalog.
+
+    ``invalid_boxes`` says what the data check (:mod:`bench.data.check`) does with boxes that are
+    degenerate or mostly outside their image: ``"refuse"`` them (the default, so a broken file is
+    noticed) or ``"drop"`` them from training and count them, for datasets known to ship a few.
+    """
 
     name: str
     root: str
@@ -62,6 +68,7 @@ class DatasetSpec:
     chunk_size: int | None = None
     detections_per_image: int = 100
     generator: str | None = None
+    invalid_boxes: str = "refuse"
     source: Path | None = None
 
     @property
@@ -210,6 +217,12 @@ def _dataset_spec(path: Path, name: str, entry: dict[str, Any]) -> DatasetSpec:
     prompts = {
         int(cid): CaptionPrompt(**p) for cid, p in (entry.get("caption_prompts") or {}).items()
     }
+    invalid_boxes = entry.get("invalid_boxes", "refuse")
+    if invalid_boxes not in INVALID_BOX_POLICIES:
+        raise BenchError(
+            f"Catalog file {path}: {where} has invalid_boxes: {invalid_boxes!r}; write 'refuse' (the default: the "
+            "data check stops on empty or mostly-outside boxes) or 'drop' (train without them and count them)."
+        )
     return DatasetSpec(
         name=name,
         root=str(entry["root"]),
@@ -223,6 +236,7 @@ def _dataset_spec(path: Path, name: str, entry: dict[str, Any]) -> DatasetSpec:
         chunk_size=entry.get("chunk_size"),
         detections_per_image=int(entry.get("detections_per_image", 100)),
         generator=entry.get("generator"),
+        invalid_boxes=invalid_boxes,
         source=path,
     )
 

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.catalog import SPLITS, Catalog, load_split_annotations, require_data
+from bench.catalog import Catalog
+from bench.data.check import LEVELS, check_datasets
+from bench.devices import check_device
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.models import MODELS
@@ -55,6 +57,8 @@ def _csv(value: str) -> list[str]:
 
 
 def _shots(value: str) -> list[int | None]:
+    if not _csv(value):
+        raise argparse.ArgumentTypeError("shots must be positive integers or 'full', got an empty list")
     out: list[int | None] = []
     for item in _csv(value):
         if item == "full":
@@ -67,6 +71,8 @@ def _shots(value: str) -> list[int | None]:
 
 
 def _ints(value: str) -> list[int]:
+    if not _csv(value):
+        raise argparse.ArgumentTypeError("expected comma-separated integers, got an empty list")
     try:
         return [int(item) for item in _csv(value)]
     except ValueError:
@@ -75,6 +81,8 @@ def _ints(value: str) -> list[int]:
 
 def _split_seeds(value: str) -> list[int | None]:
     items = _csv(value)
+    if not items:
+        raise argparse.ArgumentTypeError("split seeds are integers or 'glip', got an empty list")
     if not all(item == "glip" or item.lstrip("-").isdigit() for item in items):
         raise argparse.ArgumentTypeError(f"split seeds are integers or 'glip', got {value!r}")
     return [None if item == "glip" else int(item) for item in items]
@@ -109,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--model", default="glip-nano", help="detector (see --list; default: glip-nano)")
     what.add_argument("--weights", help="checkpoint file of the model (GLIP: e.g. glip_tiny_model_o365_goldg.pth) "
                       "or its from_pretrained folder (Grounding DINO)")
+    what.add_argument("--tokenizer", metavar="DIR",
+                      help="GLIP: the bert-base-uncased tokenizer folder, when it is not in the Hugging Face cache "
+                           "(Grounding DINO reads its own from the --weights folder)")
+    what.add_argument("--allow-unsafe-checkpoint", action="store_true",
+                      help="read a legacy pickled checkpoint that holds Python objects beyond tensors; off by default "
+                           "because reading such a file can run any code in it: use only for files you trust")
+    what.add_argument("--random-init", action="store_true",
+                      help="run a randomly initialised model (no --weights), for speed and memory studies; "
+                           "every record and leaderboard row says so")
     what.add_argument("--shots", type=_shots, default=[None], help="comma-separated shots per class, or 'full' (default: full)")
     what.add_argument("--seeds", type=_ints, default=[0], help="training seeds (default: 0)")
     what.add_argument("--split-seeds", type=_split_seeds, default=None,
@@ -153,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = parser.add_argument_group("inspect")
     inspect.add_argument("--list", action="store_true", help="list models, methods, protocols, suites and datasets, then exit")
     inspect.add_argument("--verbose", action="store_true", help="with --list: every method option with its default and its source")
-    inspect.add_argument("--check-data", action="store_true", help="check every split of the selected datasets (generating synthetic ones)")
+    inspect.add_argument("--check-data", nargs="?", const="header", choices=LEVELS, metavar="full",
+                         help="check every split of the selected datasets: annotations, boxes, and every image's header, "
+                              "size and end marker (sweeps run this themselves first); --check-data=full also decodes "
+                              "every image")
     return parser
 
 
@@ -185,18 +205,13 @@ def print_catalog(catalog: Catalog, verbose: bool = False) -> None:
 
 
 def check_data(catalog: Catalog, args: argparse.Namespace) -> None:
+    """``--check-data[=full]``: every split of the selected datasets, a line each, or one error for all."""
     specs = catalog.resolve(args.suite, args.datasets)
-    require_data(specs, args.data_root, cache_root=args.cache_dir)
-    for spec in specs:
-        for split in SPLITS:
-            if split not in spec.splits:
-                continue
-            annotations = load_split_annotations(spec, split, args.data_root, args.cache_dir)
-            print(
-                f"{spec.name:<22} {split:<5} {len(annotations.images):>7} images "
-                f"{len(annotations.data['annotations']):>8} boxes {annotations.num_classes:>5} classes"
-            )
-    print(f"All {len(specs)} dataset(s) are present and valid.")
+    checks = check_datasets(specs, args.data_root, args.cache_dir, full=args.check_data == "full", progress=not args.no_progress)
+    for check in checks:
+        print("\n".join(check.summary_lines()))
+    print(f"All {len(specs)} dataset(s) passed the {args.check_data} check"
+          + (" (images decoded)." if args.check_data == "full" else "; --check-data=full also decodes every image."))
 
 
 def sweep_request(catalog: Catalog, args: argparse.Namespace) -> SweepRequest:
@@ -219,6 +234,7 @@ def sweep_request(catalog: Catalog, args: argparse.Namespace) -> SweepRequest:
         split_seeds=args.split_seeds,
         protocol=args.protocol,
         protocol_overrides=dict(args.protocol_set),
+        random_init=args.random_init,
     )
 
 
@@ -264,10 +280,13 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise BenchError(f"--jobs {args.jobs}: the number of cells run at once must be at least 1.")
+    if args.executor == "local":  # a SLURM task checks its own node's device
+        check_device(args.device)
     request = sweep_request(catalog, args)
     context = RunContext(
         results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
         device=args.device, workers=args.workers, progress=not args.no_progress,
+        tokenizer=args.tokenizer, allow_unsafe_checkpoint=args.allow_unsafe_checkpoint,
     )
     if args.tune:
         return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))
@@ -277,6 +296,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(cells, todo)
         return 0
+    check_sweep_data(catalog, request, context)
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
     failed = execute(todo, context, args)
     return finish(cells, failed, context, catalog, args)
@@ -297,6 +317,8 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     else:
         print(f"{len(first)} trial and untuned cells: {len(first) - len(todo)} already done, running {len(todo)} "
               f"with the {args.executor} executor.")
+    if not args.dry_run:
+        check_sweep_data(catalog, request, context)
     failed = {} if args.dry_run else execute(todo, context, args)
     selections, pending = select_settings(trials, validation_scores(trials, stored_records(context, trials)), tune)
     finals = final_cells(inputs, tune, selections)
@@ -314,6 +336,14 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     print(f"{len(finals)} selected-setting cells: {len(finals) - len(final_todo)} already done, running {len(final_todo)}.")
     failed |= execute(final_todo, context, args)
     return finish([cell for cell in first if not cell.spec.is_trial] + finals, failed, context, catalog, args, trials)
+
+
+def check_sweep_data(catalog: Catalog, request: SweepRequest, context: RunContext) -> None:
+    """The cheap data check (annotations, boxes, image headers and end markers) before the first
+    cell: a broken file is refused now, not in a cell hours later. Passed splits are remembered."""
+    print("Checking the data (--check-data=full also decodes every image) ...", flush=True)
+    check_datasets([catalog.dataset(name) for name in request.datasets], context.data_root, context.cache_dir,
+                   progress=context.progress)
 
 
 def stored_records(context: RunContext, cells: Sequence[Cell]) -> dict[str, RunRecord]:

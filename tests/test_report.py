@@ -38,7 +38,7 @@ def make_record(
     metrics: dict[str, float] | None = None,
 ) -> RunRecord:
     """A finished run of ``method`` on ``dataset`` with test AP ``ap``; ``seed`` is both split and train seed."""
-    spec = RunSpec(model=model, method=method, dataset=dataset, shots=shots,
+    spec = RunSpec(model=model, method=method, dataset=dataset, shots=shots, weights=f"/weights/{model}.pth",
                    split_seed=None if shots is None else seed, train_seed=seed)
     test = {"AP": ap, "AP50": min(1.0, 1.5 * ap)} if metrics is None else metrics
     return RunRecord(

@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 import bench.runs.record as record_module
 from bench.catalog import Catalog
+from bench.data.holdout import HELD_OUT
 from bench.errors import BenchError
+from bench.models.glip.model import NANO_WEIGHTS
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
 from bench.runs.plan import plan_cells
 from bench.runs.record import RunSpec
@@ -28,7 +31,7 @@ WEIGHTS_DIGEST, DATA_DIGEST = "w" * 20, "d" * 20
 # A different value for every field of RunSpec (a new field must be added here, so that it is keyed).
 CHANGED = dict(model="glip-t", method="lora", dataset="shapes-dense", method_options={"num_tokens": 8, "layers": [0, 1]},
                shots=5, split_seed=1, train_seed=1, protocol="glip-odinw", protocol_overrides={"max_steps": 5, "milestones": [0.5]},
-               tuning={"stage": "trial", "values": {"lr": 0.01}})
+               tuning={"stage": "trial", "values": {"lr": 0.01}}, validation=HELD_OUT)
 
 KEY_IN_A_FRESH_PROCESS = """
 import json, sys
@@ -96,16 +99,20 @@ def test_planned_keys_follow_the_weights_content_not_their_path(tmp_path_factory
     cache = synthetic_cache(tmp_path_factory, ["shapes-colours"])
     root = tmp_path_factory.mktemp("weights")
     (root / "a").mkdir()
-    (root / "a" / "nano.pth").write_bytes(b"weights v1")
+    shutil.copy(NANO_WEIGHTS, root / "a" / "nano.safetensors")
     (root / "b").mkdir()
-    shutil.copy(root / "a" / "nano.pth", root / "b" / "nano.pth")
-    (root / "c.pth").write_bytes(b"weights v2")
+    shutil.copy(NANO_WEIGHTS, root / "b" / "nano.safetensors")
+    tensors = load_file(NANO_WEIGHTS)
+    name = sorted(tensors)[0]
+    save_file({**tensors, name: tensors[name] + 1}, root / "c.safetensors")  # same architecture, other values
     context = quiet_context(root / "results", cache)
 
-    def keys(weights):
-        return [c.key for c in plan_cells(tiny_request(["zero-shot", "bitfit"], ["shapes-colours"], weights=weights), context)]
+    def keys(weights, random_init=False):
+        request = tiny_request(["zero-shot", "bitfit"], ["shapes-colours"], weights=weights, random_init=random_init)
+        return [c.key for c in plan_cells(request, context)]
 
-    a, b, c, none = keys(str(root / "a" / "nano.pth")), keys(str(root / "b" / "nano.pth")), keys(str(root / "c.pth")), keys(None)
+    a, b = keys(str(root / "a" / "nano.safetensors")), keys(str(root / "b" / "nano.safetensors"))
+    c, none = keys(str(root / "c.safetensors")), keys(None, random_init=True)
     assert a == b
     assert len({*a, *c, *none}) == 6
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,16 +25,13 @@ REQUIRED_CATEGORY_KEYS = ("id", "name")
 HOW_TO_FIX = "See datasets/README.md for the expected layout of each dataset."
 
 
-class DegenerateBoxWarning(UserWarning):
-    """Annotations with empty or non-finite boxes were skipped while loading a dataset."""
-
-
 @dataclass
 class CocoAnnotations:
     """A validated COCO-format annotation file.
 
     ``data`` is the normalised JSON dict (every annotation has ``area`` and ``iscrowd``; degenerate
-    boxes removed), ready for pycocotools/lvis. Categories are numbered with contiguous labels 1..N in
+    boxes removed, their ids kept in ``skipped_annotations`` for the data check to report or count,
+    :mod:`bench.data.check`), ready for pycocotools/lvis. Categories are numbered with contiguous labels 1..N in
     ascending category-id order, as GLIP does (reference/glip.md §4.1), because models score labels
     while evaluators and result files speak category ids.
     """
@@ -117,7 +113,12 @@ def _read_json(path: Path) -> Any:
             f"The file is probably truncated or was not fully downloaded; obtain it again. {HOW_TO_FIX}"
         ) from None
     except UnicodeDecodeError as err:
-        raise DataError(f"Annotation file {path} is not UTF-8 text ({err}). {HOW_TO_FIX}") from None
+        raise DataError(
+            f"Annotation file {path} is not UTF-8 text ({err}). JSON files must be UTF-8: re-save it as UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8) or obtain it again. {HOW_TO_FIX}"
+        ) from None
+    except OSError as err:
+        raise DataError(f"Annotation file {path} cannot be read ({err}); check its permissions. {HOW_TO_FIX}") from None
 
 
 def _check_entries(path: Path, entries: list, kind: str, required: tuple[str, ...]) -> None:
@@ -184,13 +185,6 @@ def validate_coco(raw: Any, path: Path) -> CocoAnnotations:
             continue
         x, y, w, h = (float(v) for v in ann["bbox"])
         annotations.append({**ann, "bbox": [x, y, w, h], "area": float(ann.get("area", w * h)), "iscrowd": int(ann.get("iscrowd", 0))})
-    if skipped:
-        warnings.warn(
-            f"{path}: skipped {len(skipped)} annotation(s) with empty, malformed or non-finite boxes "
-            f"(first ids: {skipped[:5]}).",
-            DegenerateBoxWarning,
-            stacklevel=3,
-        )
     data = {**raw, "annotations": _without_zero_ids(annotations)}
     return CocoAnnotations(path, data, skipped)
 
@@ -213,7 +207,9 @@ def load_coco(path: str | Path) -> CocoAnnotations:
 
     Raises :class:`DataError` for a missing or unparsable file, missing keys, duplicate ids,
     annotations that refer to unknown images or categories, and datasets without images or
-    categories. Degenerate boxes are dropped with one :class:`DegenerateBoxWarning` giving their count.
+    categories. Degenerate boxes are left out silently, their ids kept in ``skipped_annotations``:
+    the data check (:mod:`bench.data.check`) refuses them or counts them, as the catalog says, so no
+    raw Python warning ever reaches the user.
     """
     path = Path(path)
     return validate_coco(_read_json(path), path)

@@ -15,6 +15,7 @@ from bench.data.transforms import boxes_tv
 from bench.errors import DataError
 
 MAX_LISTED_MISSING = 5
+MIN_VISIBLE_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,31 @@ def image_relative_path(image: dict[str, Any]) -> str:
     if "file_name" in image:
         return image["file_name"]
     return "/".join(image["coco_url"].split("/")[-2:])
+
+
+def image_path(image_dir: Path, image: dict[str, Any]) -> Path:
+    """The file of ``image`` (an ``images`` entry) in a split's image folder; the loader and the data
+    check (:mod:`bench.data.check`) both use it, so they always look at the same file."""
+    return image_dir / image_relative_path(image)
+
+
+def box_placement(bbox: Sequence[float], width: float, height: float) -> str:
+    """Where an xywh box (positive width and height) lies on a ``width x height`` image.
+
+    ``"inside"``; ``"clipped"``: partly outside, with at least :data:`MIN_VISIBLE_FRACTION` of its
+    area inside (trained on, clamped to the image); ``"outside"``: less than that inside (not a
+    training target; the data check refuses it unless the catalog says ``invalid_boxes: drop``).
+    Mostly-outside boxes are usually annotation errors, and clamping would turn them into slivers
+    on the border that teach the model nothing useful.
+    """
+    x, y, w, h = (float(v) for v in bbox)
+    inside_w = max(0.0, min(x + w, width) - max(x, 0.0))
+    inside_h = max(0.0, min(y + h, height) - max(y, 0.0))
+    if inside_w * inside_h < MIN_VISIBLE_FRACTION * w * h:
+        return "outside"
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        return "clipped"
+    return "inside"
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -69,11 +95,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"Image folder {self.image_dir} (for {self.annotations.path}) does not exist. "
                 f"Check --data-root and the dataset's catalog entry. {HOW_TO_FIX}"
             )
-        missing = [
-            str(self.image_dir / image_relative_path(self.annotations.images[i]))
-            for i in self.image_ids
-            if not (self.image_dir / image_relative_path(self.annotations.images[i])).is_file()
-        ]
+        paths = (image_path(self.image_dir, self.annotations.images[i]) for i in self.image_ids)
+        missing = [str(path) for path in paths if not path.is_file()]
         if missing:
             listed = ", ".join(missing[:MAX_LISTED_MISSING])
             raise DataError(
@@ -101,7 +124,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return sorted(classes, key=lambda c: c.label)
 
     def load_image(self, image_id: int) -> Image.Image:
-        path = self.image_dir / image_relative_path(self.annotations.images[image_id])
+        path = image_path(self.image_dir, self.annotations.images[image_id])
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
@@ -112,9 +135,18 @@ class DetectionDataset(torch.utils.data.Dataset):
             ) from None
 
     def target(self, image_id: int, height: int, width: int) -> dict[str, Any]:
-        anns = [a for a in self.annotations.annotations_by_image[image_id] if not a["iscrowd"]]
+        """Training targets of one image: boxes clamped to the image (GLIP's datasets clip their
+        targets too, ``clip_to_image``), mostly-outside ones left out (:func:`box_placement`).
+        Evaluation reads the annotations themselves (``annotations.data``), never these targets, so
+        its ground truth stays the boxes of the file."""
+        anns = [
+            a for a in self.annotations.annotations_by_image[image_id]
+            if not a["iscrowd"] and box_placement(a["bbox"], width, height) != "outside"
+        ]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         labels = torch.tensor(
             [self.annotations.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64
         )

@@ -78,7 +78,7 @@ def _override(value: Any) -> str:
 def _row(record: RunRecord, metric: str) -> dict[str, object]:
     spec, cost = record.spec, record.cost
     return {
-        "model": spec.model,
+        "model": spec.model_label,
         "method": spec.method_label,
         "shots": spec.shots_label,
         "dataset": spec.dataset,

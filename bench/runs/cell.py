@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 from bench.catalog import DatasetSpec, load_split_annotations, open_split
 from bench.data.dataset import DetectionDataset
+from bench.devices import pick_device
 from bench.data.fewshot import few_shot_subset
 from bench.data.holdout import DECLARED, split_off_validation
 from bench.errors import BenchError
-from bench.models import MODELS
+from bench.models import build_model
 from bench.models.base import DetectorBase
 from bench.runs.plan import Cell, RunContext
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
@@ -45,12 +46,6 @@ BASE_INIT_SEED = 0  # randomly initialised bases (tests, --list-sized smoke runs
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "faster-coco-eval", "pycocotools", "lvis", "numpy")
 REPOSITORY = Path(__file__).resolve().parents[2]
 SELECTED_WEIGHTS = "selected.safetensors"  # a tuning trial's selected weights, kept for its test scoring
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
@@ -145,7 +140,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     train_set, val_split = training_and_validation(dataset, spec, context)
 
     torch.manual_seed(BASE_INIT_SEED)
-    model = MODELS.get(spec.model)(weights=spec.weights)
+    model = build_model(spec.model, context.model_inputs(spec.weights))
     val_set = evaluation_dataset(val_split, model)
     # A tuning trial never opens the test split: its selection cannot read what it never had.
     test_set = None if spec.is_trial else evaluation_dataset(

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
 from bench.data.holdout import DECLARED, HELD_OUT, validation_is_test
 from bench.errors import BenchError
-from bench.models import MODELS, PACKAGED_WEIGHTS
+from bench.models import MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
 from bench.runs.record import RunSpec, shots_label
 from bench.runs.store import RunStore
@@ -34,6 +34,12 @@ class RunContext:
     device: str = "auto"
     workers: int = 0
     progress: bool = True
+    tokenizer: str | None = None
+    allow_unsafe_checkpoint: bool = False
+
+    def model_inputs(self, weights: str | None) -> ModelInputs:
+        """What the model of a cell with base ``weights`` is built from (see :class:`ModelInputs`)."""
+        return ModelInputs(weights, self.tokenizer, self.allow_unsafe_checkpoint)
 
     @property
     def store(self) -> RunStore:
@@ -58,6 +64,7 @@ class SweepRequest:
     split_seeds: Sequence[int | None] | None = None
     protocol: str = "glip-odinw"
     protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
+    random_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,20 @@ def held_out_validation(request: SweepRequest, specs: Sequence[DatasetSpec], con
 
 def resolve_weights(request: SweepRequest) -> str | None:
     """The weights of the request (a checkpoint file or a ``from_pretrained`` folder): ``--weights``,
-    else the model's packaged weights, else None (random)."""
+    else the model's packaged weights, else None (random initialisation), which only ``--random-init``
+    allows: a randomly initialised detector is a speed study, never a silent stand-in for a trained one."""
+    if request.random_init:
+        if request.weights is not None:
+            raise BenchError(f"--random-init and --weights {request.weights} contradict each other: pass one of them.")
+        return None
     path = request.weights or PACKAGED_WEIGHTS.get(request.model)
     if path is None:
-        return None
+        raise BenchError(
+            f"--model {request.model} needs its weights: pass --weights, the checkpoint file (GLIP: e.g. "
+            "glip_tiny_model_o365_goldg.pth from the GLIP model zoo) or the from_pretrained folder (Grounding DINO: e.g. "
+            "a download of IDEA-Research/grounding-dino-tiny); README.md says where to get them. To time a randomly "
+            "initialised model instead (speed and memory studies), pass --random-init; its results say so."
+        )
     if not Path(path).exists():
         raise BenchError(
             f"The weights path {path} does not exist. Pass --weights the model's checkpoint file (GLIP: e.g. "
@@ -162,6 +179,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
         for spec in specs
     }
     weights = resolve_weights(request)
+    check_model_inputs(request.model, context.model_inputs(weights))  # once per sweep, before any cell
     weights_digest = weights_fingerprint(weights, cache)
     cache.save()
     return PlanInputs(request, tuple(specs), data, weights, weights_digest, held_out)

@@ -75,6 +75,11 @@ class RunSpec:
         return dict(self.tuning.get("values", {}))
 
     @property
+    def model_label(self) -> str:
+        """The model as a leaderboard shows it: a randomly initialised one (``--random-init``) says so."""
+        return self.model if self.weights is not None else f"{self.model} (random init)"
+
+    @property
     def shots_label(self) -> str:
         """``"full"`` or the number of shots as text (tables and file names)."""
         return shots_label(self.shots)

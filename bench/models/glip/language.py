@@ -67,7 +67,7 @@ def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER):
             f"({type(err).__name__}). GLIP uses bert-base-uncased: on a machine with network access run "
             "`python -c \"from transformers import AutoTokenizer; "
             "AutoTokenizer.from_pretrained('bert-base-uncased').save_pretrained('bert-base-uncased')\"`, "
-            "copy that folder here and pass its path (--text-encoder DIR), or fill the cache that HF_HOME points to."
+            "copy that folder here and pass its path (--tokenizer DIR), or fill the cache that HF_HOME points to."
         ) from None
     if not tokenizer.is_fast:
         raise BenchError(f"The tokenizer in {name_or_path} has no fast (Rust) version; GLIP's positive maps need one.")
