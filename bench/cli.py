@@ -25,6 +25,7 @@ from bench.data.check import LEVELS, check_datasets
 from bench.devices import check_device
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
+from bench.launch.local import SweepOutcome
 from bench.models import MODELS
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
@@ -259,14 +260,14 @@ def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], title: str = "") -> 
     print(f"{len(cells)} {title}cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
 
 
-def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> dict[str, str]:
-    """Run ``cells`` on the chosen executor; returns the failed ones (key -> reason)."""
+def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> SweepOutcome:
+    """Run ``cells`` on the chosen executor; what finished and what failed."""
     if not cells:
-        return {}
+        return SweepOutcome()
     if args.executor == "local":
         from bench.launch.local import run_local
 
-        return run_local(cells, context, jobs=args.jobs).failed
+        return run_local(cells, context, jobs=args.jobs)
     from bench.launch.slurm import SlurmOptions, run_slurm
 
     options = SlurmOptions(
@@ -274,7 +275,7 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
         cpus_per_job=args.cpus_per_job,
         time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
     )
-    return run_slurm(cells, context, options).failed
+    return run_slurm(cells, context, options)
 
 
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
@@ -298,8 +299,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         return 0
     check_sweep_data(catalog, request, context)
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
-    failed = execute(todo, context, args)
-    return finish(cells, failed, context, catalog, args)
+    return finish(cells, execute(todo, context, args), context, catalog, args)
 
 
 def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRequest, context: RunContext,
@@ -319,7 +319,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
               f"with the {args.executor} executor.")
     if not args.dry_run:
         check_sweep_data(catalog, request, context)
-    failed = {} if args.dry_run else execute(todo, context, args)
+    outcome = SweepOutcome() if args.dry_run else execute(todo, context, args)
     selections, pending = select_settings(trials, validation_scores(trials, stored_records(context, trials)), tune)
     finals = final_cells(inputs, tune, selections)
     final_todo = missing_cells(finals, context.store, force=args.force)
@@ -334,8 +334,8 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
         print(f"selected {selection.method} on {where} (shots {selection.shots or 'full'}): {values} "
               f"(val AP {100 * selection.val_score:.1f} of {len(selection.trials)} trials)")
     print(f"{len(finals)} selected-setting cells: {len(finals) - len(final_todo)} already done, running {len(final_todo)}.")
-    failed |= execute(final_todo, context, args)
-    return finish([cell for cell in first if not cell.spec.is_trial] + finals, failed, context, catalog, args, trials)
+    outcome = outcome.merge(execute(final_todo, context, args))
+    return finish([cell for cell in first if not cell.spec.is_trial] + finals, outcome, context, catalog, args, trials)
 
 
 def check_sweep_data(catalog: Catalog, request: SweepRequest, context: RunContext) -> None:
@@ -352,18 +352,25 @@ def stored_records(context: RunContext, cells: Sequence[Cell]) -> dict[str, RunR
     return {r.key: r for r in context.store.load_records()[0] if r.key in keys}
 
 
-def finish(cells: Sequence[Cell], failed: dict[str, str], context: RunContext, catalog: Catalog, args: argparse.Namespace,
+def finish(cells: Sequence[Cell], outcome: SweepOutcome, context: RunContext, catalog: Catalog, args: argparse.Namespace,
            trials: Sequence[Cell] = ()) -> int:
-    """Report the sweep's scored cells (and the tuning trials behind them) and say what failed."""
+    """Report the sweep's scored cells (and the tuning trials behind them) and say what failed: what
+    a rerun cannot fix apart from what a rerun resumes."""
     records = list(stored_records(context, cells).values())
     if records:  # when every cell failed there is nothing to tabulate; say why below instead
         report(records, args.results, catalog, suites=[args.suite] if args.suite else [], reference=args.reference,
                trials=list(stored_records(context, trials).values()))
-    if failed:
-        print(f"{len(failed)} cell(s) failed; their errors are in {context.store.failed_dir}. Run the same command again to retry them.",
-              file=sys.stderr)
-        return 1
-    return 0
+    transient = len(outcome.transient)
+    deterministic = len(outcome.failed) - transient
+    if deterministic:
+        print(f"{deterministic} cell(s) failed for a reason a rerun cannot fix (an option, the weights or the data; the "
+              f"error of each is above, its traceback in {context.store.failed_dir}). Change what the error names, then "
+              "run the command again: finished cells are kept.", file=sys.stderr)
+    if transient:
+        print(f"{transient} cell(s) were stopped by their circumstances (out of memory, killed, preempted, an I/O "
+              f"error; details in {context.store.failed_dir}). Run the same command again to resume them from their "
+              "last checkpoint.", file=sys.stderr)
+    return 1 if outcome.failed else 0
 
 
 def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites: Sequence[str],

@@ -3,8 +3,10 @@
 :func:`compose` builds such a method from registered parts. Its config is flat, so it round-trips
 through JSON and rejects unknown options like every other config: one shared ``lr`` and
 ``weight_decay`` (defaults: those of the part with the lowest default lr), then each part's own fields prefixed with the part's
-name (``sdpt_num_tokens``, ``lora_rank``, ...) and the part's defaults. The defaults' sources come
-with them: the shared fields carry that part's, each prefixed field its part's. Each part's
+name (``sdpt_num_tokens``, ``lora_rank``, ...) and the part's defaults. The defaults' sources and the
+fields' types and limits come with them: the shared fields carry that part's, each prefixed field its
+part's; building a composite config also builds each part's config, so the parts' further checks
+(``MethodConfig.refuse``) run too, under the composite's option names. Each part's
 ``install`` leaves the others' parameters as they are (the method contract), so installing in order
 composes; the trainable count is the sum of the parts' formulas.
 
@@ -23,6 +25,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
+from bench.options import OptionValueError, field_types
 from bench.tuning.base import METHODS, Method, MethodConfig, register_method
 
 SHARED_FIELDS = ("lr", "weight_decay")
@@ -32,21 +35,23 @@ def _prefix(part: str) -> str:
     return part.replace("-", "_").replace("+", "_")
 
 
+def part_config(config: MethodConfig, part: str, cls: type[Method]) -> MethodConfig:
+    """The config of ``part``: its prefixed fields of ``config`` plus the shared optimiser settings."""
+    values = {f: getattr(config, f) for f in SHARED_FIELDS}
+    for field in dataclasses.fields(cls.config_class):
+        if field.name not in SHARED_FIELDS:
+            values[field.name] = getattr(config, f"{_prefix(part)}_{field.name}")
+    return cls.config_class(**values)
+
+
 class CompositeMethod(Method):
     """Installs ``parts`` in order; subclasses are made by :func:`compose`."""
 
     parts: ClassVar[tuple[tuple[str, type[Method]], ...]] = ()
 
     def part_methods(self) -> list[Method]:
-        """Each part bound to its slice of this config (its prefixed fields plus the shared optimiser settings)."""
-        bound = []
-        for part, cls in self.parts:
-            values = {f: getattr(self.config, f) for f in SHARED_FIELDS}
-            for field in dataclasses.fields(cls.config_class):
-                if field.name not in SHARED_FIELDS:
-                    values[field.name] = getattr(self.config, f"{_prefix(part)}_{field.name}")
-            bound.append(cls(cls.config_class(**values)))
-        return bound
+        """Each part bound to its slice of this config."""
+        return [cls(part_config(self.config, part, cls)) for part, cls in self.parts]
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         chosen: set[int] = set()
@@ -79,22 +84,37 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
     # rate can make a weight update (LoRA) diverge; too low a rate only makes prompts move slower.
     slowest = min((cls.config_class for _, cls in classes), key=lambda config: config().lr)
     fields: list[tuple[str, object, dataclasses.Field]] = [
-        (f.name, f.type, dataclasses.field(default=getattr(slowest(), f.name))) for f in dataclasses.fields(slowest) if f.name in SHARED_FIELDS
+        (f.name, field_types(slowest)[f.name], dataclasses.field(default=getattr(slowest(), f.name)))
+        for f in dataclasses.fields(slowest) if f.name in SHARED_FIELDS
     ]
     sources = {shared: f"ours: the lowest-lr part's setting, shared by all parts; its source: {slowest.sources[shared]}"
                for shared in SHARED_FIELDS if shared in slowest.sources}
+    limits = {shared: slowest.limits[shared] for shared in SHARED_FIELDS if shared in slowest.limits}
     for part, cls in classes:
         defaults = cls.config_class()
         for f in dataclasses.fields(cls.config_class):
             if f.name not in SHARED_FIELDS:
                 field_name = f"{_prefix(part)}_{f.name}"
-                fields.append((field_name, f.type, dataclasses.field(default=getattr(defaults, f.name))))
+                fields.append((field_name, field_types(cls.config_class)[f.name], dataclasses.field(default=getattr(defaults, f.name))))
                 if f.name in cls.config_class.sources:
                     sources[field_name] = cls.config_class.sources[f.name]
+                if f.name in cls.config_class.limits:
+                    limits[field_name] = cls.config_class.limits[f.name]
+
+    def check_parts(config: MethodConfig) -> None:
+        """Every field's own check, then each part's further checks (by building its config), reported
+        under the composite's option names."""
+        MethodConfig.__post_init__(config)
+        for part, cls in classes:
+            try:
+                part_config(config, part, cls)
+            except OptionValueError as error:
+                config.refuse(f"{_prefix(part)}_{error.bad.option}", error.bad.expected)
+
     stem = "".join(_prefix(p).title().replace("_", "") for p in parts)
     module = sys.modules[__name__]
     config_class = dataclasses.make_dataclass(f"{stem}Config", fields, bases=(MethodConfig,), frozen=True,
-                                              namespace={"sources": sources})
+                                              namespace={"sources": sources, "limits": limits, "__post_init__": check_parts})
     config_class.__module__ = __name__
     config_class.__doc__ = f"Config of {name!r}: shared lr and weight_decay, then each part's fields prefixed with its name."
     method_class = type(stem, (CompositeMethod,), {

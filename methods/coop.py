@@ -25,6 +25,7 @@ from torch import nn
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
 from bench.tuning.accounting import LAYER_NORM_INVARIANCES
+from bench.options import AT_LEAST_ONE
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
 
 # The AdamW setting of every method that trains prompt or token vectors (coop, maple, vpt, sdpt), so
@@ -46,6 +47,8 @@ class CoOpConfig(MethodConfig):
     lr: float = 1e-2
     weight_decay: float = 0.01
     context_tokens: int = 16
+
+    limits = {"context_tokens": AT_LEAST_ONE}  # the text slots left for a caption are checked when installing
 
     sources = {
         "lr": PROMPT_LR_SOURCE + "; CoOp's SGD rate 2e-3 (KaiyangZhou/CoOp configs/trainers/CoOp/rn50.yaml) "

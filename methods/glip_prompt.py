@@ -26,6 +26,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
+from bench.options import AT_LEAST_ONE
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
 
 
@@ -34,6 +35,8 @@ class GlipPromptConfig(MethodConfig):
     lr: float = 0.05
     weight_decay: float = 0.25
     rows: int = 1000
+
+    limits = {"rows": AT_LEAST_ONE}  # at least the model's text slots, checked when installing
 
     sources = {
         "lr": "official code: microsoft/GLIP README, Prompt Tuning (SOLVER.BASE_LR 0.05, AdamW)",

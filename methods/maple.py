@@ -37,6 +37,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
+from bench.options import AT_LEAST_ONE
 from bench.tuning.accounting import LAYER_NORM_INVARIANCES
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
 from methods.coop import PROMPT_LR_SOURCE, PROMPT_WEIGHT_DECAY_SOURCE, TextContext, text_width
@@ -54,16 +55,14 @@ class MapleConfig(MethodConfig):
     context_tokens: int = 2
     prompt_depth: int = 9
 
+    limits = {"context_tokens": AT_LEAST_ONE, "prompt_depth": AT_LEAST_ONE}
+
     sources = {
         "lr": PROMPT_LR_SOURCE + f"; MaPLe's SGD rate 3.5e-3 ({MAPLE_CONFIG}) does not transfer",
         "weight_decay": PROMPT_WEIGHT_DECAY_SOURCE + "; MaPLe's 5e-4 is an SGD L2 penalty",
         "context_tokens": f"official code: {MAPLE_CONFIG} (N_CTX 2)",
         "prompt_depth": f"official code: {MAPLE_CONFIG} (PROMPT_DEPTH 9, for ViT-B/16's 12 layers)",
     }
-
-    def __post_init__(self) -> None:
-        if self.context_tokens < 1 or self.prompt_depth < 1:
-            raise BenchError(f"maple needs context_tokens >= 1 and prompt_depth >= 1, got {self.context_tokens}, {self.prompt_depth}.")
 
 
 class CoupledPrompts(TextContext):

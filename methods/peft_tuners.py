@@ -26,6 +26,7 @@ sequential bottleneck adapter would have to be hand-written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import peft
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -33,8 +34,13 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import PARAMETER_GROUPS, PEFT_ADAPTER_NAME, DetectorBase
+from bench.options import AT_LEAST_ONE, POSITIVE, Range
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names
 from methods.simple import WEIGHT_SUBSET_LR_SOURCE
+
+# bench.models.base.PARAMETER_GROUPS as a type, so that a config with another group name is refused
+# when it is built (a test keeps the two equal).
+ParameterGroup = Literal["vision_backbone", "neck", "text_encoder", "fusion", "head"]
 
 # The name of every adapter these methods inject; a path component that marks peft's tensors.
 ADAPTER_NAME = PEFT_ADAPTER_NAME
@@ -128,10 +134,12 @@ class LoraMethodConfig(MethodConfig):
 
     lr: float = 1e-3
     weight_decay: float = 0.0
-    groups: tuple[str, ...] = ("fusion",)
+    groups: tuple[ParameterGroup, ...] = ("fusion",)
     rank: int = 16
     alpha: float = 16.0
     dropout: float = 0.0
+
+    limits = {"rank": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": Range(0, 1, high_open=True)}
 
     sources = {
         "lr": WEIGHT_SUBSET_LR_SOURCE,
@@ -214,7 +222,7 @@ class Ia3MethodConfig(MethodConfig):
 
     lr: float = 1e-3
     weight_decay: float = 0.0
-    groups: tuple[str, ...] = ("fusion",)
+    groups: tuple[ParameterGroup, ...] = ("fusion",)
     feedforward: tuple[str, ...] = ()
 
     sources = {

@@ -61,16 +61,19 @@ device the generic ``min`` values. ``sdpt-head`` adds its head group's allocatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase, FusionLayer
+from bench.options import AT_LEAST_ONE, NON_NEGATIVE
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names, trainable_under
 from methods.coop import PROMPT_LR_SOURCE
 
-INITS = ("uniform", "normal", "zeros")
+Init = Literal["uniform", "normal", "zeros"]
+INITS: tuple[str, ...] = get_args(Init)
 SDPT = "wuyongjianCODE/SDPT"
 
 
@@ -86,8 +89,10 @@ class SdptConfig(MethodConfig):
     num_tokens: int = 100
     layers: tuple[int, ...] | None = None
     shared: bool = False
-    init: str = "uniform"
+    init: Init = "uniform"
     text_prompt_visible: bool = False
+
+    limits = {"num_tokens": AT_LEAST_ONE, "layers": NON_NEGATIVE}
 
     sources = {
         "lr": PROMPT_LR_SOURCE + "; the released 1e-5 (sdpt-head) barely moves U(-1, 1) tokens",
@@ -101,6 +106,13 @@ class SdptConfig(MethodConfig):
         "text_prompt_visible": f"official code: {SDPT} maskrcnn_benchmark/utils/fuse_helper.py (text-side prompts "
                                "padded with mask 0)",
     }
+
+    def __post_init__(self) -> None:
+        """Besides each value's own check: a layer list is refused here if empty or repeated (whether its
+        indices exist depends on the model, so :func:`chosen_layers` checks that when installing)."""
+        super().__post_init__()
+        if self.layers is not None and (not self.layers or len(set(self.layers)) != len(self.layers)):
+            self.refuse("layers", "a non-empty list of distinct fusion-layer indices (integers >= 0), or null for every layer")
 
 
 @dataclass(frozen=True)

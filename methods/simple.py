@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.models.base import DetectorBase
+from bench.options import NON_NEGATIVE, POSITIVE, Range
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_by_names
+
+# Swin's stages in every backbone here (GLIP-T, GLIP-L, glip-nano, Grounding DINO's Swin): the
+# largest meaningful ``freeze_vision_stages`` is one more (the patch embedding counts as stage 0).
+SWIN_STAGES = 4
 
 # The AdamW rate of every method that trains a small set of weights (bitfit here; lora, dora, ia3 in
 # methods.peft_tuners): ours, one decade above full fine-tuning's GLIP rate (1e-4), since few weights
@@ -27,6 +32,8 @@ WEIGHT_SUBSET_LR_SOURCE = ("ours: ten times full fine-tuning's 1e-4, the rate of
 class ZeroShotConfig(MethodConfig):
     lr: float = 0.0
     weight_decay: float = 0.0
+
+    limits = {"lr": NON_NEGATIVE}  # nothing trains, so no rate is needed
 
     sources = {
         "lr": "ours: nothing trains, so no optimiser is built",
@@ -54,6 +61,9 @@ class FullConfig(MethodConfig):
 
     freeze_vision_stages: int = 2
     text_encoder_lr: float | None = 1e-5
+
+    # -1 freezes nothing; SWIN_STAGES + 1 freezes the patch embedding and every stage.
+    limits = {"freeze_vision_stages": Range(-1, SWIN_STAGES + 1), "text_encoder_lr": POSITIVE}
 
     sources = {
         "freeze_vision_stages": "official code: microsoft/GLIP README, ODinW fine-tuning command "

@@ -49,18 +49,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase, VisionBlock
+from bench.options import AT_LEAST_ONE, NON_NEGATIVE
 from bench.tuning.accounting import LAYER_NORM_INVARIANCES
 from bench.tuning.base import Method, MethodConfig, register_method, trainable_under
 from methods.coop import PROMPT_LR_SOURCE, PROMPT_WEIGHT_DECAY_SOURCE
 
-MODES = ("deep", "shallow", "per-stage")
-INITS = ("xavier", "normal")
+Mode = Literal["deep", "shallow", "per-stage"]
+Init = Literal["xavier", "normal"]
 
 # Fan-in of Swin's patch embedding (3 colour channels x a 4x4 patch), the "3 * patch^2" of VPT's
 # init bound. GLIP-T and GLIP-L both use patch 4.
@@ -73,9 +75,11 @@ class VptConfig(MethodConfig):
     lr: float = 1e-2
     weight_decay: float = 0.01
     num_tokens: int = 10
-    mode: str = "deep"
-    init: str = "xavier"
+    mode: Mode = "deep"
+    init: Init = "xavier"
     stages: tuple[int, ...] | None = None
+
+    limits = {"num_tokens": AT_LEAST_ONE, "stages": NON_NEGATIVE}
 
     sources = {
         "lr": PROMPT_LR_SOURCE + "; VPT's SGD rates 0.05..50 (KMnP/vpt tune_vtab.py) do not transfer",
@@ -88,14 +92,11 @@ class VptConfig(MethodConfig):
     }
 
     def __post_init__(self) -> None:
-        if self.num_tokens < 1:
-            raise BenchError(f"vpt needs num_tokens >= 1, got {self.num_tokens}.")
-        if self.mode not in MODES:
-            raise BenchError(f"vpt mode must be one of {MODES}, got {self.mode!r}.")
-        if self.init not in INITS:
-            raise BenchError(f"vpt init must be one of {INITS}, got {self.init!r}.")
+        """Besides each value's own check: an empty stage list (whether the stages exist depends on the
+        backbone, so :meth:`Vpt._prompted_blocks` checks that when installing)."""
+        super().__post_init__()
         if self.stages is not None and len(self.stages) == 0:
-            raise BenchError("vpt stages is empty; give at least one stage index, or null for all stages.")
+            self.refuse("stages", "a non-empty list of stage indices (integers >= 0), or null for every stage")
 
 
 class PromptTokens(nn.Module):

@@ -100,7 +100,7 @@ def test_bad_method_options_are_explained(sweep_args, capsys, assignment, says):
 
 @pytest.mark.parametrize(
     "assignment, says",
-    [("epoch=3", "Unknown protocol field(s) ['epoch']; valid fields:"), ("batch_size=four", "batch_size must be int")],
+    [("epoch=3", "Unknown protocol field(s) ['epoch']; valid fields:"), ("batch_size=four", "batch_size must be an integer >= 1, got 'four' (text)")],
 )
 def test_bad_protocol_fields_are_explained(sweep_args, capsys, assignment, says):
     assert main(sweep_args("--protocol-set", assignment, "--dry-run")) == 2
@@ -146,7 +146,9 @@ def test_a_sweep_whose_cells_all_fail_exits_1_and_says_where_the_errors_are(swee
     captured = capsys.readouterr()
     assert "1 cells: 0 already done, running 1 with the local executor." in captured.out
     assert "FAILED coop[context_tokens=100] on shapes-colours" in captured.err
-    assert f"1 cell(s) failed; their errors are in {tmp_path / 'results' / 'runs' / 'failed'}" in captured.err
+    assert "1 cell(s) failed for a reason a rerun cannot fix" in captured.err
+    assert f"its traceback in {tmp_path / 'results' / 'runs' / 'failed'}" in captured.err
+    assert "Run the same command again to resume" not in captured.err
     assert len(list((tmp_path / "results" / "runs" / "failed").glob("*.json"))) == 1
 
 

@@ -19,6 +19,7 @@ import torch
 from bench.cli import main
 from bench.launch.local import run_local
 from bench.models import MODELS
+from bench.runs.cell import SELECTED_WEIGHTS
 from bench.runs.plan import missing_cells, plan_cells
 from bench.runs.record import RESULTS_VERSION
 from bench.train.checkpoint import CHECKPOINT
@@ -115,11 +116,11 @@ def test_the_stored_file_has_the_documented_layout(sweep):
     assert set(data) == {"format", "key", "spec", "metrics", "cost", "provenance"}
 
 
-def test_a_finished_cell_keeps_its_best_weights_but_not_its_checkpoint(sweep):
+def test_a_finished_cell_keeps_its_selected_weights_but_not_its_checkpoint(sweep):
     for cell in sweep.cells:
         work = sweep.context.store.work_root / cell.key
-        assert not (work / CHECKPOINT).exists()
-        assert (work / BEST_WEIGHTS).is_file() == (cell.spec.method != "zero-shot")
+        assert not (work / CHECKPOINT).exists() and not (work / BEST_WEIGHTS).exists()
+        assert (work / SELECTED_WEIGHTS).is_file() == (cell.spec.method != "zero-shot")
 
 
 def test_planning_again_finds_nothing_to_run_and_force_plans_everything(sweep):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import get_args
 
 import pytest
 import torch
 
 from bench.errors import BenchError, UnknownNameError
-from bench.train.protocol import PROTOCOLS, Protocol, resolve_protocol
+from bench.options import OptionValueError, command_line, field_types
+from bench.train.modes import FROZEN_MODULE_MODES
+from bench.train.protocol import LIMITS, PROTOCOLS, FrozenModules, Protocol, resolve_protocol
 
 
 @pytest.mark.parametrize("shots, copies", [("1", 8), ("3", 4), ("5", 2), ("10", 1), ("full", 1)])
@@ -38,6 +41,7 @@ def test_an_unknown_override_lists_the_valid_fields():
         resolve_protocol("shapes", "full", {"epoch": 3})
     message = str(caught.value)
     assert "['epoch']" in message and "epochs" in message and "max_steps" in message and "batch_size" in message
+    assert "Did you mean epochs?" in message and "--protocol-set KEY=VALUE" in message and "\n" not in message
     assert "per_shots" not in message.split("valid fields:")[1]  # not a command-line field
 
 
@@ -55,25 +59,86 @@ def test_an_unknown_protocol_suggests_the_closest():
 @pytest.mark.parametrize(
     "override, says",
     [
-        ({"schedule": "linear"}, "unknown schedule"),
-        ({"amp": "fp8"}, "unknown amp mode"),
-        ({"batch_size": 0}, "batch_size must be at least 1"),
-        ({"checkpoint_every": 0}, "checkpoint_every must be at least 1"),
-        ({"max_steps": 0}, "max_steps must be at least 1"),
-        ({"eval_every": 0}, "eval_every must be at least 1"),
-        ({"batch_size": "four"}, "batch_size must be int"),
-        ({"max_steps": "lots"}, "max_steps must be int or None"),
-        ({"milestones": 0.5}, "milestones must be tuple"),
+        ({"schedule": "linear"}, "schedule must be one of 'plateau', 'step', 'cosine', 'constant', got 'linear' (text)"),
+        ({"amp": "fp8"}, "amp must be one of 'auto', 'bf16', 'fp16', 'none', got 'fp8'"),
+        ({"selection": "bogus"}, "selection must be one of 'best-val', 'last', got 'bogus' (text)"),
+        ({"frozen_modules": "some"}, "frozen_modules must be one of 'eval', 'train'"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0 (an integer)"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1, got 0"),
+        ({"max_steps": 0}, "max_steps must be an integer >= 1 or null, got 0"),
+        ({"eval_every": 0}, "eval_every must be an integer >= 1 or null, got 0"),
+        ({"epochs": -1}, "epochs must be an integer >= 1, got -1"),
+        ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0, got -1"),
+        ({"terminate_patience": 0}, "terminate_patience must be an integer >= 1 or null, got 0"),
+        ({"step_patience": -1}, "step_patience must be an integer >= 0, got -1"),
+        ({"gamma": 0}, "gamma must be a number in (0, 1], got 0 (an integer)"),
+        ({"gamma": 1.5}, "gamma must be a number in (0, 1], got 1.5 (a number)"),
+        ({"warmup_factor": -0.1}, "warmup_factor must be a number in [0, 1]"),
+        ({"min_lr": -1e-6}, "min_lr must be a number >= 0"),
+        ({"clip_grad_norm": 0}, "clip_grad_norm must be a number > 0 or null"),
+        ({"bias_lr_factor": 0}, "bias_lr_factor must be a number > 0"),
+        ({"batch_size": "four"}, "batch_size must be an integer >= 1, got 'four' (text)"),
+        ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5 (a number)"),
+        ({"batch_size": True}, "batch_size must be an integer >= 1, got true (true/false)"),
+        ({"max_steps": "abc"}, "max_steps must be an integer >= 1 or null, got 'abc' (text)"),
+        ({"milestones": 0.5}, "milestones must be a list of numbers in (0, 1), got 0.5"),
+        ({"milestones": [0.5, 1.5]}, "milestones must be a list of numbers in (0, 1), got [0.5, 1.5]"),
+        ({"milestones": ["half"]}, "milestones must be a list of numbers"),
+        ({"deterministic": "yes"}, "deterministic must be true or false, got 'yes'"),
+        ({"deterministic": 1}, "deterministic must be true or false, got 1"),
     ],
 )
 def test_bad_override_values_are_explained(override, says):
-    with pytest.raises(BenchError, match=says):
+    (key, _), = override.items()
+    with pytest.raises(OptionValueError) as caught:
         resolve_protocol("shapes", "full", override)
+    message = str(caught.value)
+    assert says in message, message
+    assert message.startswith(f"Protocol 'shapes' option {key} must be ") and "\n" not in message
+    shapes = PROTOCOLS.get("shapes")  # the example is the protocol's own value, as it is written on the command line
+    assert f"Set it with --protocol-set {key}={command_line(getattr(shapes, key))} (the value of protocol 'shapes')." in message
+
+
+def test_an_unknown_key_suggests_the_closest_field():
+    with pytest.raises(BenchError, match=r"\['max_step'\]; valid fields: .* Did you mean max_steps\?"):
+        resolve_protocol("shapes", "full", {"max_step": 10})
+
+
+@pytest.mark.parametrize("key", ["lr", "weight_decay"])
+def test_a_method_setting_given_to_the_protocol_points_to_method_set(key):
+    with pytest.raises(BenchError, match=r"each method's own: --method-set METHOD\.lr=VALUE"):
+        resolve_protocol("shapes", "full", {key: 0})
 
 
 def test_good_override_values_of_every_kind_are_accepted():
     protocol = resolve_protocol("glip-odinw", "full", {"max_steps": None, "gamma": 1, "clip_grad_norm": None, "amp": "bf16"})
     assert protocol.max_steps is None and protocol.gamma == 1 and protocol.clip_grad_norm is None
+
+
+def test_integers_for_number_fields_are_stored_as_numbers():
+    protocol = resolve_protocol("shapes", "full", {"gamma": 1, "min_lr": 0, "milestones": [0.5, 0.75], "clip_grad_norm": 2})
+    assert [type(v) for v in (protocol.gamma, protocol.min_lr, protocol.clip_grad_norm)] == [float, float, float]
+    assert protocol.milestones == (0.5, 0.75)
+
+
+def test_the_registered_protocols_and_their_per_shot_variants_are_valid():
+    for entry in PROTOCOLS:
+        for shots in ("1", "3", "5", "10", "full"):
+            assert resolve_protocol(entry.name, shots) == entry.obj.for_shots(shots)
+
+
+def test_a_protocol_built_in_code_is_checked_too():
+    with pytest.raises(OptionValueError, match=r"^Protocol 'custom' option batch_size must be an integer >= 1, got 0 .*--protocol-set batch_size=4 \(the default\)\.$"):
+        Protocol(batch_size=0)
+
+
+def test_the_choice_types_match_the_modes_they_name():
+    assert get_args(FrozenModules) == FROZEN_MODULE_MODES
+
+
+def test_every_numeric_field_and_only_those_have_a_range():
+    numeric = {name for name, annotation in field_types(Protocol).items() if {int, float} & {annotation, *get_args(annotation)}}
+    assert set(LIMITS) == numeric
 
 
 # ---------------------------------------------------------------------------- budget arithmetic
@@ -106,7 +171,7 @@ def test_determinism_is_a_protocol_switch_that_turns_on_deterministic_kernels(mo
     from bench.train.loop import use_deterministic_kernels
 
     assert PROTOCOLS.get("shapes").with_overrides({"deterministic": True}).deterministic is True
-    with pytest.raises(BenchError, match="deterministic must be bool"):
+    with pytest.raises(BenchError, match="deterministic must be true or false"):
         PROTOCOLS.get("shapes").with_overrides({"deterministic": "yes"})
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.are_deterministic_algorithms_enabled()

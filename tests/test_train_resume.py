@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 import bench.train.loop as loop
 from bench.launch.local import run_local
-from bench.runs.cell import run_cell
+from bench.runs.cell import SELECTED_WEIGHTS, run_cell
 from bench.runs.plan import plan_cells
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.optim import LearningRateSchedule
@@ -76,7 +76,7 @@ def uninterrupted(tmp_path_factory):
     cell, context = bitfit_cell(tmp_path_factory)
     with recording_checkpoints() as tensors:
         record = run_cell(cell, context)
-    best = load_file(context.store.work_root / cell.key / loop.BEST_WEIGHTS)
+    best = load_file(context.store.work_root / cell.key / SELECTED_WEIGHTS)
     return SimpleNamespace(cell=cell, context=context, record=record, tensors=tensors, best=best)
 
 
@@ -95,7 +95,7 @@ def resumed(tmp_path_factory, uninterrupted):
             assert context.store.failures() == {}
         outcome = run_local([cell], context)
     [record], _ = context.store.load_records()
-    best = load_file(context.store.work_root / cell.key / loop.BEST_WEIGHTS)
+    best = load_file(context.store.work_root / cell.key / SELECTED_WEIGHTS)
     return SimpleNamespace(outcome=outcome, record=record, tensors=tensors, best=best, steps_at_interrupt=steps_at_interrupt)
 
 

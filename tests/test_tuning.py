@@ -163,13 +163,6 @@ def test_a_tuned_sweep_never_opens_test_before_selecting(cache, tmp_path, capsys
     assert "running 0" in capsys.readouterr().out
 
 
-def test_tuning_on_a_validation_split_that_is_the_test_split_is_refused(capsys):
-    """COCO's val2017 is both its validation and its test split: even selection=last cannot tune there."""
-    assert main(["--methods", "sdpt", "--suite", "coco", "--data-root", "/nonexistent", "--protocol", "glip-odinw",
-                 "--protocol-set", "selection=last", "--tune", "lr", "--dry-run"]) == 2
-    assert "--tune selects hyper-parameters on validation" in capsys.readouterr().err
-
-
 def test_spec_of_a_trial_says_so():
     spec = RunSpec(model="glip-nano", method="sdpt", dataset="d", tuning={"stage": "trial", "values": {"lr": 0.1}})
     assert spec.is_trial and spec.tuned_values == {"lr": 0.1} and spec.method_label == "sdpt"

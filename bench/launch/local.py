@@ -19,22 +19,35 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from bench.runs.failure import is_transient
 from bench.runs.plan import Cell, RunContext
+from bench.runs.store import RunStore
 
 
 @dataclass
 class SweepOutcome:
-    """Keys of the cells that finished and of those that failed (with a one-line reason)."""
+    """Keys of the cells that finished and of those that failed (with a one-line reason), and which
+    of the failures a rerun may get past (:mod:`bench.runs.failure`)."""
 
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    transient: set[str] = field(default_factory=set)
 
-    def add(self, cell: Cell, reason: str | None) -> None:
-        if reason is None:
+    def add(self, cell: Cell, failure: tuple[str, bool] | None, store: RunStore) -> None:
+        if failure is None:
             self.finished.append(cell.key)
+            tqdm.write(finished_line(cell, store))
         else:
-            self.failed[cell.key] = reason
-            print(f"FAILED {cell_label(cell)}: {reason}", file=sys.stderr)
+            self.fail(cell, *failure)
+
+    def fail(self, cell: Cell, reason: str, transient: bool) -> None:
+        self.failed[cell.key] = reason
+        if transient:
+            self.transient.add(cell.key)
+        print(f"FAILED {cell_label(cell)}: {reason}" + (" (a rerun resumes it)" if transient else ""), file=sys.stderr)
+
+    def merge(self, other: "SweepOutcome") -> "SweepOutcome":
+        return SweepOutcome(self.finished + other.finished, self.failed | other.failed, self.transient | other.transient)
 
 
 def cell_label(cell: Cell) -> str:
@@ -43,8 +56,21 @@ def cell_label(cell: Cell) -> str:
     return f"{s.method_label} on {s.dataset} (shots {s.shots_label}, seed {s.train_seed}{trial})"
 
 
-def run_cell_recording_failure(cell: Cell, context: RunContext) -> str | None:
-    """Run ``cell``; on an error store it as the cell's failure and return it as text instead of raising."""
+def finished_line(cell: Cell, store: RunStore) -> str:
+    """One line on a finished cell: its scores and where its record and tuned weights are."""
+    from bench.runs.cell import SELECTED_WEIGHTS
+
+    record = store.read_result(cell.key)
+    scores = ", ".join(f"{split} AP {100 * metrics['AP']:.1f}" for split, metrics in (("val", record.val), ("test", record.test))
+                       if "AP" in metrics)
+    weights = store.work_root / cell.key / SELECTED_WEIGHTS
+    where = f"record {store.result_path(cell.key)}" + (f", tuned weights {weights}" if weights.is_file() else "")
+    return f"done {cell_label(cell)}: {scores or 'no scores'} in {record.cost.wall_s:.0f} s; {where}"
+
+
+def run_cell_recording_failure(cell: Cell, context: RunContext) -> tuple[str, bool] | None:
+    """Run ``cell``; on an error store it as the cell's failure and return it as text, with whether a
+    rerun may get past it, instead of raising."""
     from bench.runs.cell import run_cell  # imports torch and the models: only where cells really run
 
     try:
@@ -52,7 +78,7 @@ def run_cell_recording_failure(cell: Cell, context: RunContext) -> str | None:
         return None
     except Exception as error:  # noqa: BLE001 (one cell's failure must not stop the others)
         context.store.save_failure(cell.key, cell.spec, error)
-        return f"{type(error).__name__}: {error}"
+        return f"{type(error).__name__}: {error}", is_transient(error)
 
 
 def _limit_threads(threads: int) -> None:
@@ -67,7 +93,7 @@ def run_local(cells: Sequence[Cell], context: RunContext, jobs: int = 1) -> Swee
     bar = tqdm(total=len(cells), desc="sweep", unit="cell", disable=not context.progress)
     if jobs <= 1 or len(cells) <= 1:
         for cell in cells:
-            outcome.add(cell, run_cell_recording_failure(cell, context))
+            outcome.add(cell, run_cell_recording_failure(cell, context), context.store)
             bar.update(1)
         bar.close()
         return outcome
@@ -78,7 +104,7 @@ def run_local(cells: Sequence[Cell], context: RunContext, jobs: int = 1) -> Swee
         futures = {pool.submit(run_cell_recording_failure, cell, quiet): cell for cell in cells}
         try:
             for future in as_completed(futures):
-                outcome.add(futures[future], future.result())
+                outcome.add(futures[future], future.result(), context.store)
                 bar.update(1)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError
-from bench.launch.local import SweepOutcome, cell_label, run_cell_recording_failure
+from bench.launch.local import SweepOutcome, cell_label, finished_line, run_cell_recording_failure
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
 
@@ -95,7 +95,8 @@ class CellTask:
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         self._note_attempt()
-        return run_cell_recording_failure(self.cell, self.context)
+        failure = run_cell_recording_failure(self.cell, self.context)
+        return None if failure is None else failure[0]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -243,15 +244,16 @@ def _new_result(store: RunStore, key: str, before: _Before) -> bool:
     return _is_new(store.result_path(key), key, before.results) and bool(store.readable_results([key]))
 
 
-def _new_failure(store: RunStore, key: str, before: _Before) -> str | None:
-    """The error this round recorded for ``key``, or None."""
+def _new_failure(store: RunStore, key: str, before: _Before) -> tuple[str, bool] | None:
+    """The error this round recorded for ``key`` and whether a rerun may get past it, or None."""
     path = store.failure_path(key)
     if not _is_new(path, key, before.failures):
         return None
     try:
-        return json.loads(path.read_text())["error"]
+        failure = json.loads(path.read_text())
+        return failure["error"], bool(failure.get("transient", False))
     except (OSError, ValueError, KeyError, TypeError):
-        return f"the failure file {path} cannot be read"
+        return f"the failure file {path} cannot be read", False
 
 
 def _job_outcome(job) -> tuple[str | None, str]:
@@ -338,10 +340,12 @@ def _settle(cells: Sequence[Cell], jobs: Sequence, store: RunStore, before: _Bef
         if finished:
             outcome.finished.append(cell.key)
         elif failure is not None:
-            outcome.failed[cell.key] = failure
+            outcome.failed[cell.key], transient = failure
+            if transient:
+                outcome.transient.add(cell.key)
         elif job_outcome is None:  # cancelled or killed: it may resume from its checkpoint
             retry[cell.key] = _job_reason(job)
-        else:
+        else:  # the task raised outside the cell (e.g. it could not import the project): rerunning repeats it
             outcome.failed[cell.key] = _job_reason(job)
     return outcome, retry
 
@@ -390,8 +394,7 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
                   "two runs of one cell would share its checkpoint.", file=sys.stderr)
             raise
         settled, retry = _settle(todo, jobs, store, before)
-        outcome.finished += settled.finished
-        outcome.failed.update(settled.failed)
+        outcome = outcome.merge(settled)
         reasons.update(retry)
         todo = [cell for cell in todo if cell.key in retry]
         if not todo:
@@ -399,9 +402,13 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
         if round_ < RETRY_ROUNDS:
             print(f"{len(todo)} cell(s) ended without a result or an error (cancelled or killed); "
                   "submitting them once more to resume from their checkpoints.")
-    for cell in todo:
+    for cell in todo:  # killed or cancelled twice: still resumable from its checkpoint
         outcome.failed[cell.key] = reasons[cell.key]
+        outcome.transient.add(cell.key)
     for cell in cells:
-        if cell.key in outcome.failed:
-            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}", file=sys.stderr)
+        if cell.key in outcome.finished:
+            print(finished_line(cell, store))
+        elif cell.key in outcome.failed:
+            resumable = " (a rerun resumes it)" if cell.key in outcome.transient else ""
+            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}{resumable}", file=sys.stderr)
     return outcome

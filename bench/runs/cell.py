@@ -34,7 +34,7 @@ from bench.train.batches import TrainingPrompts
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.distributed import join_process_group
 from bench.train.evaluate import evaluate, evaluation_dataset
-from bench.train.loop import TrainingJob, TrainingOutcome, autocast_for, train
+from bench.train.loop import BEST_WEIGHTS, TrainingJob, TrainingOutcome, autocast_for, train
 from bench.train.meters import PeakMemory
 from bench.train.protocol import resolve_protocol
 from bench.tuning.accounting import account
@@ -45,7 +45,7 @@ from bench.tuning.state import save_tuned
 BASE_INIT_SEED = 0  # randomly initialised bases (tests, --list-sized smoke runs) are the same for every cell
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "faster-coco-eval", "pycocotools", "lvis", "numpy")
 REPOSITORY = Path(__file__).resolve().parents[2]
-SELECTED_WEIGHTS = "selected.safetensors"  # a tuning trial's selected weights, kept for its test scoring
+SELECTED_WEIGHTS = "selected.safetensors"  # a cell's selected tuned weights (a trial's are reused by its replicate)
 
 
 def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
         )
     if not group.is_main:
         return None
-    if spec.is_trial:  # the selected weights, for the test scoring of this replicate if the trial wins
+    if trainable:  # the weights scored below, kept beside the record (a winning trial's are reused by its replicate)
         save_tuned(store.work_dir(cell.key) / SELECTED_WEIGHTS, model, method, trainable)
     test_metrics: dict[str, float] = {}
     eval_speed = outcome.eval_images_per_s
@@ -196,6 +196,8 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     )
     store.save_result(record)
     # The result is stored: the resumable state is spent (a --force rerun must train again, not
-    # resume at the last step), and for full fine-tuning it is gigabytes. best.safetensors stays.
-    (store.work_dir(cell.key) / CHECKPOINT).unlink(missing_ok=True)
+    # resume at the last step), and for full fine-tuning it is gigabytes; best.safetensors is now a
+    # copy of selected.safetensors.
+    for spent in (CHECKPOINT, BEST_WEIGHTS):
+        (store.work_dir(cell.key) / spent).unlink(missing_ok=True)
     return record

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from bench.runs.failure import is_transient
 from bench.runs.record import RunRecord, RunSpec
 
 
@@ -114,6 +115,7 @@ class RunStore:
             "key": key,
             "spec": spec.to_dict(),
             "error": f"{type(error).__name__}: {error}",
+            "transient": is_transient(error),
             "traceback": "".join(traceback.format_exception(error)),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

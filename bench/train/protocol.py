@@ -5,21 +5,41 @@ rate and weight decay), so differences in a leaderboard come from the methods, n
 Protocols are registered by name; any field can be overridden from the command line
 (``--protocol-set epochs=12``), and ``per_shots`` holds the fields that GLIP's recipes change with
 the number of shots. Overrides and per-shot changes end up in the run's spec, hence in its key.
+
+Every field is checked when a protocol is built (:mod:`bench.options`): against its annotation, and
+numbers against :data:`LIMITS`, so a bad ``--protocol-set`` value is refused before any cell runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from bench.errors import BenchError
+from bench.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, OptionValueError, Range, check_fields
 from bench.registry import Registry
-from bench.train.modes import FROZEN_MODULE_MODES
 
-SCHEDULES = ("plateau", "step", "cosine", "constant")
-SELECTIONS = ("best-val", "last")
-AMP_MODES = ("auto", "bf16", "fp16", "none")
+Schedule = Literal["plateau", "step", "cosine", "constant"]
+Selection = Literal["best-val", "last"]
+AmpMode = Literal["auto", "bf16", "fp16", "none"]
+FrozenModules = Literal["eval", "train"]  # bench.train.modes.FROZEN_MODULE_MODES as a type (a test keeps them equal)
+
+# The range of every numeric field (of each item, for milestones).
+LIMITS: Mapping[str, Range] = {
+    "batch_size": AT_LEAST_ONE, "grad_accumulation": AT_LEAST_ONE, "epochs": AT_LEAST_ONE, "copies": AT_LEAST_ONE,
+    "max_steps": AT_LEAST_ONE, "eval_every": AT_LEAST_ONE, "eval_batch_size": AT_LEAST_ONE, "checkpoint_every": AT_LEAST_ONE,
+    "warmup_steps": NON_NEGATIVE,
+    "warmup_factor": Range(0, 1),  # the warm-up starts at this fraction of the rate
+    "milestones": Range(0, 1, low_open=True, high_open=True),  # fractions of the budget
+    "gamma": Range(0, 1, low_open=True),  # a decay: 1 keeps the rate
+    "step_patience": NON_NEGATIVE,  # 0: decay at every evaluation without improvement
+    "terminate_patience": AT_LEAST_ONE,  # 0 would stop at the first evaluation
+    "min_lr": NON_NEGATIVE,
+    "clip_grad_norm": POSITIVE,
+    "bias_lr_factor": POSITIVE,
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ class Protocol:
     epochs: int = 12
     copies: int = 1
     max_steps: int | None = None
-    schedule: str = "plateau"
+    schedule: Schedule = "plateau"
     warmup_steps: int = 0
     warmup_factor: float = 0.001
     milestones: tuple[float, ...] = (0.67, 0.89)
@@ -67,27 +87,15 @@ class Protocol:
     eval_every: int | None = None
     eval_batch_size: int = 8
     bias_lr_factor: float = 2.0
-    amp: str = "auto"
+    amp: AmpMode = "auto"
     checkpoint_every: int = 50
     deterministic: bool = False
-    selection: str = "best-val"
-    frozen_modules: str = "eval"
+    selection: Selection = "best-val"
+    frozen_modules: FrozenModules = "eval"
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise BenchError(f"Protocol {self.name!r}: unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
-        if self.selection not in SELECTIONS:
-            raise BenchError(f"Protocol {self.name!r}: unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}.")
-        if self.amp not in AMP_MODES:
-            raise BenchError(f"Protocol {self.name!r}: unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}.")
-        if self.frozen_modules not in FROZEN_MODULE_MODES:
-            raise BenchError(f"Protocol {self.name!r}: frozen_modules must be one of {', '.join(FROZEN_MODULE_MODES)}, got {self.frozen_modules!r}.")
-        for name in ("batch_size", "grad_accumulation", "epochs", "copies", "eval_batch_size", "checkpoint_every", "max_steps", "eval_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise BenchError(f"Protocol {self.name!r}: {name} must be at least 1, got {getattr(self, name)}.")
-        if self.warmup_steps < 0:
-            raise BenchError(f"Protocol {self.name!r}: warmup_steps must be 0 or more, got {self.warmup_steps}.")
+        check_fields(self, LIMITS, owner=f"Protocol {self.name!r}", setting="--protocol-set {option}")
         if self.max_steps is not None and self.max_steps < self.warmup_steps:
             raise BenchError(
                 f"Protocol {self.name!r}: max_steps={self.max_steps} ends the run inside its warm-up of {self.warmup_steps} "
@@ -120,30 +128,22 @@ class Protocol:
         valid = {f.name: f for f in dataclasses.fields(self) if f.name not in ("name", "description", "per_shots")}
         unknown = sorted(set(overrides) - set(valid))
         if unknown:
-            raise BenchError(f"Unknown protocol field(s) {unknown}; valid fields: {', '.join(valid)}.")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        for name, value in values.items():
-            _check_type(name, valid[name].type, value)
-        return dataclasses.replace(self, **values)
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f"Did you mean {close[0]}? " if close else ""
+            if {"lr", "weight_decay"} & set(unknown):  # the method contributes these (module docstring)
+                hint += "The learning rate and weight decay are each method's own: --method-set METHOD.lr=VALUE. "
+            raise BenchError(f"Unknown protocol field(s) {unknown}; valid fields: {', '.join(valid)}. {hint}"
+                             f"Set one with --protocol-set KEY=VALUE, e.g. --protocol-set batch_size={self.batch_size}.")
+        try:
+            return dataclasses.replace(self, **overrides)
+        except OptionValueError as error:  # say it again with this protocol's value as the example
+            bad = error.bad
+            message = bad.message(f"Protocol {self.name!r}", f"--protocol-set {bad.option}", getattr(self, bad.option),
+                                  f"the value of protocol {self.name!r}")
+            raise OptionValueError(message, bad) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "per_shots"}
-
-
-def _check_type(name: str, annotation: str, value: Any) -> None:
-    """Reject an override of the wrong type (``--protocol-set batch_size=four``) before any cell runs."""
-    kinds = {part.strip().split("[")[0] for part in str(annotation).split("|")}
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (
-        (value is None and "None" in kinds)
-        or (number and isinstance(value, int) and kinds & {"int", "float"})
-        or (number and isinstance(value, float) and "float" in kinds)
-        or (isinstance(value, str) and "str" in kinds)
-        or (isinstance(value, bool) and "bool" in kinds)
-        or (isinstance(value, tuple) and "tuple" in kinds and all(isinstance(v, (int, float)) for v in value))
-    ):
-        expected = str(annotation).replace(" | ", " or ")
-        raise BenchError(f"Protocol field {name} must be {expected}, got {value!r}; e.g. --protocol-set {name}=... with a JSON value.")
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")

@@ -14,18 +14,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, NoReturn, TypeVar
 
 from torch import nn
 
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
+from bench.options import NON_NEGATIVE, POSITIVE, BadValue, OptionValueError, Range, check_fields, field_default
 from bench.registry import Registry
 
 
 # What a default's source may be; every entry of ``MethodConfig.sources`` starts with one of these
 # and a colon: "paper: <paper and section>", "official code: <repository and file>", "ours: <reason>".
 SOURCE_KINDS = ("paper", "official code", "ours")
+
+# How a config's error says to set an option; build_method fills in the method's registered name.
+METHOD_SETTING = "--method-set METHOD.{option}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,12 @@ class MethodConfig:
     1e-3 for methods that train a small set of weights (bitfit, lora, dora, ia3), 1e-2 for prompt and
     token methods (coop, maple, vpt, sdpt). A default is the centre of ``--tune``'s search (a decade
     each side), not a tuned value.
+
+    Every field is checked when a config is built (:mod:`bench.options`): against its annotation, and
+    numbers against ``limits`` (field -> :class:`~bench.options.Range`, merged over the parents' like
+    ``sources``), so that a bad ``--method-set`` value is refused while the sweep is planned. Checks
+    that need more go in the subclass's ``__post_init__``, after ``super().__post_init__()``, and report
+    a bad value with :meth:`refuse`.
     """
 
     lr: float = 1e-4
@@ -55,19 +65,29 @@ class MethodConfig:
               "the rate of GLIP's fine-tuning",
         "weight_decay": "official code: microsoft/GLIP README, ODinW fine-tuning command (SOLVER.WEIGHT_DECAY 0.05)",
     })
+    limits: ClassVar[Mapping[str, Range]] = MappingProxyType({"lr": POSITIVE, "weight_decay": NON_NEGATIVE})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = dict(cls.__dict__.get("sources", {}))
-        merged: dict[str, str] = {}
-        for base in reversed(cls.__bases__):
-            merged.update(getattr(base, "sources", {}))
+        merged = _inherited(cls, "sources")
         stale = [name for name in merged if name in cls.__dict__ and name not in own
                  and _declared_default(cls.__dict__[name]) != _inherited_default(cls, name)]
         if stale:
             raise TypeError(f"{cls.__name__} changes the default of {stale} without a source; add them to its `sources`.")
-        merged.update(own)
-        cls.sources = MappingProxyType(merged)
+        cls.sources = MappingProxyType({**merged, **own})
+        cls.limits = MappingProxyType({**_inherited(cls, "limits"), **cls.__dict__.get("limits", {})})
+
+    def __post_init__(self) -> None:
+        """Refuse values of the wrong type or out of ``limits``; store ints given for float fields as floats."""
+        check_fields(self, self.limits, owner=type(self).__name__, setting=METHOD_SETTING)
+
+    def refuse(self, option: str, expected: str) -> NoReturn:
+        """Raise the error for ``option``'s value, which is not ``expected`` (for the checks of a subclass's
+        ``__post_init__``; worded like a type or range error, so build_method names the method in it too)."""
+        bad = BadValue(option, getattr(self, option), expected)
+        default = field_default({f.name: f for f in dataclasses.fields(self)}[option])
+        raise OptionValueError(bad.message(type(self).__name__, METHOD_SETTING.format(option=option), default, "the default"), bad)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,13 +103,21 @@ class MethodConfig:
         if unknown:
             raise BenchError(
                 f"Unknown option(s) {unknown} for {cls.__name__}; valid options: "
-                + ", ".join(f"{name} (default {_default(f)!r})" for name, f in valid.items())
+                + ", ".join(f"{name} (default {field_default(f)!r})" for name, f in valid.items())
                 + "."
             )
         for name, value in values.items():
             if isinstance(value, list):  # JSON has no tuples
                 values[name] = tuple(value)
         return cls(**values)
+
+
+def _inherited(cls: type, attribute: str) -> dict[str, Any]:
+    """The mapping ``attribute`` (``sources``, ``limits``) of ``cls``'s bases, merged, later bases first."""
+    merged: dict[str, Any] = {}
+    for base in reversed(cls.__bases__):
+        merged.update(getattr(base, attribute, {}))
+    return merged
 
 
 def _declared_default(value: Any) -> Any:
@@ -103,14 +131,6 @@ def _inherited_default(cls: type, name: str) -> Any:
         if name in base.__dict__:
             return _declared_default(base.__dict__[name])
     return dataclasses.MISSING
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
 
 
 class Method:
@@ -182,14 +202,24 @@ def build_method(name: str, options: dict[str, Any] | None = None) -> Method:
     """A registered method with its config built from ``options`` (unknown names and fields are errors).
 
     ``name`` may name a preset, ``method@preset`` (:mod:`bench.tuning.presets`): the preset's options
-    come first and ``options`` override them.
+    come first and ``options`` override them. A value of the wrong type or out of range is refused in
+    the terms of the command line (the config alone does not know the name it is registered under).
     """
     import methods  # noqa: F401  (registers every method module)
     from bench.tuning.presets import split_preset
 
     method, preset_options = split_preset(name)
     cls = METHODS.get(method)
-    return cls(cls.config_class.from_dict({**preset_options, **(options or {})}))
+    given = options or {}
+    try:
+        config = cls.config_class.from_dict({**preset_options, **given})
+    except OptionValueError as error:
+        option = error.bad.option
+        default = field_default({f.name: f for f in dataclasses.fields(cls.config_class)}[option])
+        origin = f" from the preset {name}" if option in preset_options and option not in given else ""
+        message = error.bad.message(name, f"--method-set {name}.{option}", default, "the default", origin)
+        raise OptionValueError(message, error.bad) from None
+    return cls(config)
 
 
 # ----------------------------------------------------------------------------- helpers for methods

@@ -1,5 +1,5 @@
 """The methods section of ``--list``: every registered method with its presets, and with ``--verbose``
-every config field's default and the source of that default.
+every config field's default, the values it accepts, and the source of the default.
 
 Sources are shown because a default is only the centre of ``--tune``'s search and the rate at which a
 plain comparison runs; a reader choosing between methods should see which defaults come from a paper,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from bench.options import describe, field_types
 from bench.tuning.base import METHODS, MethodConfig
 from bench.tuning.presets import SEPARATOR, presets_of
 
@@ -21,7 +22,7 @@ INDENT = "      "
 def describe_methods(verbose: bool = False) -> str:
     """The ``Methods:`` section of ``--list`` as text (no trailing newline), in the layout of the other
     sections: one line per method, its presets below it as ``@name``; ``verbose`` adds every config
-    field as ``name = default  source`` and each preset's options and source."""
+    field as ``name = default (accepted values)  source`` and each preset's options and source."""
     import methods  # noqa: F401  (registers every method module)
 
     lines = [f"Methods (write method{SEPARATOR}preset for a method with a preset's options):"]
@@ -38,10 +39,11 @@ def describe_methods(verbose: bool = False) -> str:
 
 
 def _field_lines(config_class: type[MethodConfig]) -> list[str]:
-    """``name = default  source`` for every field of ``config_class``, defaults written as JSON (the
-    syntax of ``--method-set``)."""
-    defaults = config_class()
-    settings = [(f"{f.name} = {json.dumps(getattr(defaults, f.name))}", config_class.sources.get(f.name, "(no source)"))
+    """``name = default (accepted values)  source`` for every field of ``config_class``, defaults
+    written as JSON (the syntax of ``--method-set``)."""
+    defaults, annotations = config_class(), field_types(config_class)
+    settings = [(f"{f.name} = {json.dumps(getattr(defaults, f.name))} ({describe(annotations[f.name], config_class.limits.get(f.name))})",
+                 config_class.sources.get(f.name, "(no source)"))
                 for f in dataclasses.fields(config_class)]
     width = max(len(setting) for setting, _ in settings)
     return [f"{INDENT}{setting:<{width}}  {source}" for setting, source in settings]

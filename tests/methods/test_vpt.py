@@ -129,8 +129,8 @@ def test_batch_of_three_matches_each_image_alone(glip_a_factory):
     [
         ({"mode": "wide"}, "mode must be one of"),
         ({"init": "ones"}, "init must be one of"),
-        ({"num_tokens": 0}, "num_tokens >= 1"),
-        ({"stages": []}, "stages is empty"),
+        ({"num_tokens": 0}, "num_tokens must be an integer >= 1"),
+        ({"stages": []}, "stages must be a non-empty list"),
     ],
 )
 def test_bad_options_are_explained(options, message):
