@@ -27,6 +27,7 @@ from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.launch.local import SweepOutcome
 from bench.models import MODELS
+from bench.runs.estimate import estimate_sweep, plan_summary
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
 from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
@@ -260,6 +261,14 @@ def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], title: str = "") -> 
     print(f"{len(cells)} {title}cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
 
 
+def print_dry_run_summary(cells: Sequence[Cell], todo: Sequence[Cell], context: RunContext) -> None:
+    """``--dry-run``'s last words: cells done and to run per method and dataset, and what the rest
+    will cost, priced from the finished cells in the store (:mod:`bench.runs.estimate`)."""
+    print("Per method (done/planned per dataset):")
+    print("\n".join(plan_summary(cells, todo)))
+    print(estimate_sweep(todo, context.store.load_records()[0]).describe(len(todo)))
+
+
 def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> SweepOutcome:
     """Run ``cells`` on the chosen executor; what finished and what failed."""
     if not cells:
@@ -296,6 +305,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     todo = missing_cells(cells, context.store, force=args.force)
     if args.dry_run:
         print_plan(cells, todo)
+        print_dry_run_summary(cells, todo, context)
         return 0
     check_sweep_data(catalog, request, context)
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
@@ -327,6 +337,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
         print_plan(finals, final_todo, "selected-setting ")
         if pending:
             print(f"{len(pending)} trial(s) still to run, so some selections, and their cells, are not known yet.")
+        print_dry_run_summary(first + finals, todo + final_todo, context)
         return 0
     for selection in selections.values():
         where = selection.dataset or "all datasets"

@@ -112,9 +112,15 @@ def test_no_methods_is_explained(cache, capsys):
     assert "Choose the methods to run with --methods" in error_of(capsys)
 
 
+def plan_lines(out: str) -> list[str]:
+    """The cell lines of a --dry-run and its count line (the per-method summary and estimate follow)."""
+    lines = out.splitlines()
+    return lines[: next(i for i, line in enumerate(lines) if " cells: " in line) + 1]
+
+
 def test_dry_run_lists_every_cell_as_todo_and_sums_up(sweep_args, capsys, tmp_path):
     assert main(sweep_args("--shots", "1,full", "--seeds", "0,1", "--method-set", "sdpt.num_tokens=8", "--dry-run")) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = plan_lines(capsys.readouterr().out)
     # sdpt: 2 one-shot splits + 2 full-data seeds; zero-shot trains nothing, so one cell per shots
     assert lines[-1] == "6 cells: 0 done, 6 to run."
     rows = [line.split() for line in lines[:-1]]
@@ -132,7 +138,7 @@ def test_dry_run_lists_every_cell_as_todo_and_sums_up(sweep_args, capsys, tmp_pa
 
 def test_dry_run_crosses_split_seeds_with_training_seeds(sweep_args, capsys):
     assert main(sweep_args("--shots", "3", "--seeds", "0,1", "--split-seeds", "glip,7", "--dry-run", methods="sdpt")) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = plan_lines(capsys.readouterr().out)
     assert lines[-1] == "4 cells: 0 done, 4 to run."
     assert {tuple(line.split()[5:]) for line in lines[:-1]} == {
         ("split=glip", "seed=0"), ("split=glip", "seed=1"), ("split=7", "seed=0"), ("split=7", "seed=1"),
@@ -161,8 +167,15 @@ def test_a_tiny_sweep_runs_end_to_end_and_a_second_call_runs_nothing(sweep_args,
     assert "comparisons and figures are written under" in out
     done = tmp_path / "results" / "runs" / "done"
     assert len(list(done.glob("*.json"))) == 2
+    finished = [line for line in out.splitlines() if line.startswith("done ")]
+    assert len(finished) == 2 and all("val AP" in line and "test AP" in line and str(done) in line for line in finished)
+    assert sum("tuned weights" in line and "selected.safetensors" in line for line in finished) == 1  # sdpt, not zero-shot
     assert main(args) == 0
     assert "2 cells: 2 already done, running 0 with the local executor." in capsys.readouterr().out
+    assert main([*args, "--seeds", "0,1", "--dry-run"]) == 0  # zero-shot has no seeds: one sdpt cell to run
+    out = capsys.readouterr().out
+    assert "Estimated cost of the 1 cell(s) with an estimate:" in out and "from the wall times of 1 finished cell(s)" in out
+    assert "shapes-colours 1/2" in out
 
 
 def test_report_without_results_is_explained(capsys, tmp_path):
