@@ -12,6 +12,7 @@ work starts and reports all missing paths at once.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -208,12 +209,40 @@ def _dataset_spec(path: Path, name: str, entry: dict[str, Any]) -> DatasetSpec:
     for key in ("root", "splits"):
         if key not in entry:
             raise BenchError(f"Catalog file {path}: {where} lacks the required key {key!r}.")
+    if not isinstance(entry["splits"], dict):
+        raise BenchError(f"Catalog file {path}: {where} has splits that are not a mapping of train/val/test to "
+                         "{images: FOLDER, annotations: FILE}.")
     splits = {}
     for split, spec in entry["splits"].items():
         if split not in SPLITS:
             raise BenchError(f"Catalog file {path}: {where} declares split {split!r}; valid splits are {SPLITS}.")
         _check_keys(path, f"{where}, split {split!r}", spec, {"images", "annotations"})
         splits[split] = SplitSpec(str(spec["images"]), str(spec["annotations"]))
+    _check_evaluator(path, where, entry.get("evaluator", "coco"), entry.get("evaluator_options") or {})
+    try:
+        return _typed_dataset_spec(path, name, entry, splits)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise BenchError(f"Catalog file {path}: {where} has a value of the wrong kind ({err}); datasets/README.md "
+                         "(\"What each entry declares\") shows each key's form.") from None
+
+
+def _check_evaluator(path: Path, where: str, name: Any, options: Any) -> None:
+    """The evaluator exists and takes every option, so a typo fails at load, not after training."""
+    from bench.eval import EVALUATORS  # pycocotools and lvis: only once a catalog is read
+
+    if name not in EVALUATORS:
+        raise BenchError(f"Catalog file {path}: {where} names the evaluator {name!r}. {EVALUATORS.unknown_name_message(str(name))}")
+    if not isinstance(options, dict):
+        raise BenchError(f"Catalog file {path}: {where} has evaluator_options that are not a mapping ({options!r}).")
+    accepted = [p.name for p in inspect.signature(EVALUATORS.get(name)).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise BenchError(f"Catalog file {path}: {where} gives the {name} evaluator unknown option(s) {unknown}; "
+                         f"it takes {', '.join(accepted)}.")
+
+
+def _typed_dataset_spec(path: Path, name: str, entry: dict[str, Any], splits: dict[str, SplitSpec]) -> DatasetSpec:
+    where = f"dataset {name!r}"
     prompts = {
         int(cid): CaptionPrompt(**p) for cid, p in (entry.get("caption_prompts") or {}).items()
     }

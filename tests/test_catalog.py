@@ -68,6 +68,28 @@ def test_invalid_yaml_names_the_file(tmp_path):
         Catalog.load(directory)
 
 
+@pytest.mark.parametrize("entry, says", [
+    ("evaluator: cocoo", r"names the evaluator 'cocoo'.*Did you mean 'coco'\?"),
+    ("evaluator_options: {fixed_ap: true}", r"gives the coco evaluator unknown option\(s\) \['fixed_ap'\]; it takes backend, legacy_plus_one"),
+    ("category_names: {one: x}", r"dataset 'd' has a value of the wrong kind .*What each entry declares"),
+    ("caption_prompts: {1: {colour: red}}", r"dataset 'd' has a value of the wrong kind"),
+], ids=["unknown evaluator", "unknown evaluator option", "non-integer category id", "caption prompt key"])
+def test_a_dataset_entry_that_would_fail_later_is_refused_at_load(tmp_path, entry, says):
+    directory = _write_catalog(tmp_path, f"datasets:\n  d:\n    root: x\n    splits: {{}}\n    {entry}\n")
+    with pytest.raises(BenchError, match=says):
+        Catalog.load(directory)
+
+
+def test_a_user_catalog_adds_to_the_built_in_one_and_may_not_reuse_its_names(tmp_path):
+    catalog = Catalog.with_user_folder(_write_catalog(tmp_path / "mine", LOCAL))
+    assert "toy" in catalog.datasets and "odinw-pascalvoc" in catalog.datasets and "local" in catalog.suites
+    clash = _write_catalog(tmp_path / "clash", "datasets:\n  coco:\n    root: x\n    splits: {}\n")
+    with pytest.raises(BenchError, match=r"Dataset 'coco' is declared twice, in .*coco.yaml and again in .*clash/mine.yaml"):
+        Catalog.with_user_folder(clash)
+    with pytest.raises(BenchError, match="catalog folder .*nowhere does not exist"):
+        Catalog.with_user_folder(tmp_path / "nowhere")
+
+
 LOCAL = """
 suite: {name: local, version: 2, datasets: [toy]}
 datasets:

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from bench.data.holdout import DECLARED
 from bench.errors import BenchError
 
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3  # 3: training boxes clamped to their image, mostly-outside ones left out
 RECORD_FORMAT = 1
 FULL_DATA = "full"
 TRIAL = "trial"

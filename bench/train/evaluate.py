@@ -16,8 +16,7 @@ from bench.data.dataset import DetectionDataset
 from bench.data.prompts import Prompt, build_prompts
 from bench.data.transforms import boxes_to_original, eval_transform, pad_batch
 from bench.detections import ImageDetections
-from bench.errors import BenchError
-from bench.eval import evaluate_coco, evaluate_lvis
+from bench.eval import EVALUATORS
 from bench.models.base import DetectorBase
 
 
@@ -80,11 +79,7 @@ def detect_split(
 
 def score(spec: DatasetSpec, dataset: DetectionDataset, detections: list[ImageDetections]) -> dict[str, float]:
     """The dataset's metrics (its catalog ``evaluator`` and ``evaluator_options``)."""
-    if spec.evaluator == "coco":
-        return evaluate_coco(dataset.annotations.data, detections, **dict(spec.evaluator_options))
-    if spec.evaluator == "lvis":
-        return evaluate_lvis(dataset.annotations.data, detections, **dict(spec.evaluator_options))
-    raise BenchError(f"Dataset {spec.name!r} names the unknown evaluator {spec.evaluator!r}; valid: coco, lvis.")
+    return EVALUATORS.get(spec.evaluator)(dataset.annotations.data, detections, **dict(spec.evaluator_options))
 
 
 def evaluation_dataset(dataset: DetectionDataset, model: DetectorBase) -> DetectionDataset:
