@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.catalog import SuiteSpec
+from bench.data.holdout import HELD_OUT
 from bench.errors import BenchError
 from bench.report import (
     ReportFiles, build_leaderboard, by_shots_table, mean_interval, pareto_front, runs_frame, write_report,
@@ -260,3 +261,14 @@ def test_several_protocols_are_all_named() -> None:
     board = build_leaderboard(runs_frame(records), [], "AP")
     assert board.protocol_phrase == "protocols default; shapes (max_steps=50)"
     assert row(board, "lora")["protocol"] == "shapes (max_steps=50)"
+
+
+def test_the_leaderboard_says_where_validation_was_held_out_and_which_models_were_random(tmp_path: Path) -> None:
+    records = sweep("sdpt", {"a": [0.30], "b": [0.50]})
+    records[0] = dataclasses.replace(records[0], spec=dataclasses.replace(records[0].spec, validation=HELD_OUT))
+    records += [dataclasses.replace(r, key=r.key + "-random", spec=dataclasses.replace(r.spec, weights=None))
+                for r in sweep("lora", {"a": [0.01], "b": [0.02]})]
+    files = write_report(records, tmp_path, suites=[MINI])
+    text = files.leaderboard_markdown.read_text()
+    assert "Validation of a was held out of the training images" in text and "80% of the training images" in text
+    assert "| glip-t (random init) | lora" in text and "were randomly initialised (--random-init)" in text

@@ -97,6 +97,7 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
         "protocol": protocol_label(spec),
         "tuning": tuning_label(spec),
         "setting": setting_label(spec),
+        "validation": spec.validation,
         "key": record.key,
     }
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.catalog import SuiteSpec
 from bench.eval.aggregate import aggregate_suite
+from bench.data.holdout import DECLARED
 from bench.report.frame import REPLICATE, ROW, shots_order
 from bench.report.stats import mean_interval
 
@@ -40,6 +41,7 @@ class Leaderboard:
     suites: tuple[SuiteSpec, ...]
     datasets: tuple[str, ...]
     protocols: tuple[str, ...]
+    held_out: tuple[str, ...] = ()  # datasets whose validation was held out of their training images
 
     @property
     def primary(self) -> SuiteSpec:
@@ -81,7 +83,8 @@ def build_leaderboard(frame: pd.DataFrame, suites: Sequence[SuiteSpec], metric: 
     parts.append(dataset_means(frame, datasets).rename(columns=lambda name: dataset_column(name, metric)))
     table = pd.concat(parts, axis=1).reset_index()
     table = _sorted(table, suite_columns(chosen[0].name, metric).mean)
-    return Leaderboard(table, metric, tuple(chosen), tuple(datasets), tuple(sorted(set(frame["protocol"]))))
+    held_out = tuple(sorted(set(frame.loc[frame["validation"] != DECLARED, "dataset"])))
+    return Leaderboard(table, metric, tuple(chosen), tuple(datasets), tuple(sorted(set(frame["protocol"]))), held_out)
 
 
 def report_suites(frame: pd.DataFrame, suites: Sequence[SuiteSpec]) -> list[SuiteSpec]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.catalog import SuiteSpec
+from bench.data.holdout import HELD_OUT_FRACTION
 from bench.report.leaderboard import Leaderboard, dataset_column, suite_columns
+from bench.runs.record import RANDOM_INIT
 from bench.runs.store import write_atomically
 
 MISSING = "–"
@@ -125,6 +127,13 @@ def _leaderboard_notes(board: Leaderboard) -> str:
         "Rows are grouped by model and shots and sorted by the first suite score, best first. leaderboard.csv holds "
         "the same numbers unrounded, as fractions.",
     ]
+    if board.held_out:
+        notes.append(f"Validation of {', '.join(board.held_out)} was held out of the training images (README: \"Held-out "
+                     "validation\"): their validation file is their test file, so full-data runs there trained on "
+                     f"{1 - HELD_OUT_FRACTION:.0%} of the training images.")
+    if board.table["model"].str.endswith(RANDOM_INIT).any():
+        notes.append(f"Models marked {RANDOM_INIT} were randomly initialised (--random-init): their scores measure "
+                     "nothing learned, only cost.")
     return "\n".join(f"- {note}" for note in notes)
 
 

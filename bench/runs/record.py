@@ -28,6 +28,7 @@ RECORD_FORMAT = 1
 FULL_DATA = "full"
 TRIAL = "trial"
 SELECTED = "selected"
+RANDOM_INIT = "(random init)"
 
 
 def shots_label(shots: int | None) -> str:
@@ -77,7 +78,7 @@ class RunSpec:
     @property
     def model_label(self) -> str:
         """The model as a leaderboard shows it: a randomly initialised one (``--random-init``) says so."""
-        return self.model if self.weights is not None else f"{self.model} (random init)"
+        return self.model if self.weights is not None else f"{self.model} {RANDOM_INIT}"
 
     @property
     def shots_label(self) -> str:
