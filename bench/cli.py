@@ -240,6 +240,18 @@ def sweep_request(catalog: Catalog, args: argparse.Namespace) -> SweepRequest:
     )
 
 
+def check_results_folder(results: Path) -> None:
+    """``--results`` must be a folder this process can write (it is made if missing)."""
+    if results.exists() and not results.is_dir():
+        raise BenchError(f"--results {results} is a file, not a folder; pass --results a folder (it is created if missing).")
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"--results {results} cannot be created ({err.strerror}); pass --results a folder you can write.") from None
+    if not os.access(results, os.W_OK | os.X_OK):
+        raise BenchError(f"--results {results} is not writable by this user; pass --results a folder you can write.")
+
+
 def say_held_out(cells: Sequence[Cell]) -> None:
     """Name the datasets whose validation is held out of their training images (bench.data.holdout)."""
     held = sorted({cell.spec.dataset for cell in cells if cell.spec.validation != DECLARED})
@@ -292,6 +304,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         raise BenchError(f"--jobs {args.jobs}: the number of cells run at once must be at least 1.")
     if args.executor == "local":  # a SLURM task checks its own node's device
         check_device(args.device)
+    check_results_folder(args.results)
     request = sweep_request(catalog, args)
     context = RunContext(
         results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
@@ -300,14 +313,13 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     )
     if args.tune:
         return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))
-    cells = plan_cells(request, context, catalog)
+    cells = plan_cells(request, context, catalog, check_images=not args.dry_run)
     say_held_out(cells)
     todo = missing_cells(cells, context.store, force=args.force)
     if args.dry_run:
         print_plan(cells, todo)
         print_dry_run_summary(cells, todo, context)
         return 0
-    check_sweep_data(catalog, request, context)
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
     return finish(cells, execute(todo, context, args), context, catalog, args)
 
@@ -316,7 +328,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
                     tune: TuneRequest) -> int:
     """Trials (validation only), selection, then every replicate with its selected setting (see
     :mod:`bench.runs.tuning`)."""
-    inputs = prepare(request, context, catalog, tuned=True)
+    inputs = prepare(request, context, catalog, tuned=True, check_images=not args.dry_run)
     trials = trial_cells(inputs, tune)
     first = trials + untuned_cells(inputs)
     say_held_out(first)
@@ -327,8 +339,6 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     else:
         print(f"{len(first)} trial and untuned cells: {len(first) - len(todo)} already done, running {len(todo)} "
               f"with the {args.executor} executor.")
-    if not args.dry_run:
-        check_sweep_data(catalog, request, context)
     outcome = SweepOutcome() if args.dry_run else execute(todo, context, args)
     selections, pending = select_settings(trials, validation_scores(trials, stored_records(context, trials)), tune)
     finals = final_cells(inputs, tune, selections)
@@ -347,14 +357,6 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     print(f"{len(finals)} selected-setting cells: {len(finals) - len(final_todo)} already done, running {len(final_todo)}.")
     outcome = outcome.merge(execute(final_todo, context, args))
     return finish([cell for cell in first if not cell.spec.is_trial] + finals, outcome, context, catalog, args, trials)
-
-
-def check_sweep_data(catalog: Catalog, request: SweepRequest, context: RunContext) -> None:
-    """The cheap data check (annotations, boxes, image headers and end markers) before the first
-    cell: a broken file is refused now, not in a cell hours later. Passed splits are remembered."""
-    print("Checking the data (--check-data=full also decodes every image) ...", flush=True)
-    check_datasets([catalog.dataset(name) for name in request.datasets], context.data_root, context.cache_dir,
-                   progress=context.progress)
 
 
 def stored_records(context: RunContext, cells: Sequence[Cell]) -> dict[str, RunRecord]:

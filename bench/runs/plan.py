@@ -163,14 +163,25 @@ class PlanInputs:
         return Cell(run, run.key(self.weights_fingerprint, self.data_fingerprints[dataset]))
 
 
-def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None = None, tuned: bool = False) -> PlanInputs:
-    """Check the request (names, options, data, weights) and fingerprint what its cells share
-    (``tuned``: hyper-parameters will be selected on validation)."""
+def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None = None, tuned: bool = False,
+            check_images: bool = False) -> PlanInputs:
+    """Check the request (names, options, device-independent inputs: weights, data) and fingerprint
+    what its cells share (``tuned``: hyper-parameters will be selected on validation). Every check
+    comes before anything is written to the results folder. ``check_images``: the data check that
+    reads every image header (:func:`bench.data.check.check_datasets`), not only the files' presence."""
     validate_request(request)
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
     held_out = held_out_validation(request, specs, context, tuned)
-    require_data(specs, context.data_root, cache_root=context.cache_dir)
+    weights = resolve_weights(request)
+    check_model_inputs(request.model, context.model_inputs(weights))  # once per sweep, before any cell
+    if check_images:
+        from bench.data.check import check_datasets
+
+        print("Checking the data (--check-data=full also decodes every image) ...", flush=True)
+        check_datasets(specs, context.data_root, context.cache_dir, progress=context.progress)
+    else:
+        require_data(specs, context.data_root, cache_root=context.cache_dir)
     cache = FingerprintCache(context.results / "runs" / "fingerprints.json")
     data = {
         spec.name: dataset_fingerprint(
@@ -178,8 +189,6 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
         )
         for spec in specs
     }
-    weights = resolve_weights(request)
-    check_model_inputs(request.model, context.model_inputs(weights))  # once per sweep, before any cell
     weights_digest = weights_fingerprint(weights, cache)
     cache.save()
     return PlanInputs(request, tuple(specs), data, weights, weights_digest, held_out)
@@ -216,9 +225,10 @@ def replicate_cells(inputs: PlanInputs, methods: Sequence[str]) -> list[Cell]:
     ])
 
 
-def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None) -> list[Cell]:
+def plan_cells(request: SweepRequest, context: RunContext, catalog: Catalog | None = None,
+               check_images: bool = False) -> list[Cell]:
     """Every cell of an untuned request with its run key, in method, dataset, shots, seed order."""
-    inputs = prepare(request, context, catalog)
+    inputs = prepare(request, context, catalog, check_images=check_images)
     return replicate_cells(inputs, request.methods)
 
 

@@ -56,6 +56,12 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
     that only look at names and shapes.
     """
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(
+            f"Checkpoint {path} is a folder, not a GLIP checkpoint file: GLIP models read one .pth or .safetensors file "
+            "(e.g. glip_tiny_model_o365_goldg.pth). A from_pretrained folder is a Grounding DINO model: pass it with "
+            "--model grounding-dino-t (or -b, or mm-grounding-dino-t/-b/-l)."
+        )
     if not path.is_file():
         raise BenchError(
             f"Checkpoint {path} does not exist. Download the GLIP weights (e.g. glip_tiny_model_o365_goldg.pth "
@@ -77,8 +83,9 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
             "so it was not loaded: reading it would let the file run code. If you trust its source, pass "
             "--allow-unsafe-checkpoint to load it anyway (a pickled file can run any code when it is read)."
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise BenchError(f"Checkpoint {path} cannot be read ({err}); the file is truncated or not a PyTorch checkpoint.") from None
+    except Exception as err:  # noqa: BLE001 (a file that is no checkpoint fails in many ways: KeyError, struct.error, ...)
+        raise BenchError(f"Checkpoint {path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                         "the file is truncated or not a PyTorch checkpoint. Pass --weights the model's checkpoint file.") from None
     state = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BenchError(

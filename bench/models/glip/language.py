@@ -62,8 +62,10 @@ def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True, use_fast=True)
     except (OSError, ValueError) as err:
+        where = ("is a folder without a readable tokenizer (tokenizer_config.json, vocab.txt)" if Path(name_or_path).is_dir()
+                 else "is neither a local folder nor in the Hugging Face cache")
         raise BenchError(
-            f"The tokenizer {str(name_or_path)!r} is neither a local folder nor in the Hugging Face cache "
+            f"The tokenizer {str(name_or_path)!r} {where} "
             f"({type(err).__name__}). GLIP uses bert-base-uncased: on a machine with network access run "
             "`python -c \"from transformers import AutoTokenizer; "
             "AutoTokenizer.from_pretrained('bert-base-uncased').save_pretrained('bert-base-uncased')\"`, "
