@@ -122,10 +122,6 @@ def low_rank_dimension(rank: int, rows: int, columns: int) -> int:
     return rho * (rows + columns) - rho * rho
 
 
-def _check_groups(groups) -> tuple[str, ...]:
-    return (groups,) if isinstance(groups, str) else tuple(groups)
-
-
 # ----------------------------------------------------------------------------- LoRA and DoRA
 @dataclass(frozen=True)
 class LoraMethodConfig(MethodConfig):
@@ -160,11 +156,9 @@ class Lora(Method):
     use_dora = False
 
     def targets(self, model: DetectorBase) -> dict[str, nn.Linear]:
-        return target_linears(model, _check_groups(self.config.groups))
+        return target_linears(model, self.config.groups)
 
     def peft_config(self, targets: list[str]) -> peft.LoraConfig:
-        if self.config.rank < 1:
-            raise BenchError(f"LoRA rank must be at least 1, got {self.config.rank}.")
         return peft.LoraConfig(
             r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
             target_modules=targets, bias="none", init_lora_weights=True, use_dora=self.use_dora,
@@ -241,10 +235,10 @@ class Ia3(Method):
     identity_at_init = True
 
     def targets(self, model: DetectorBase) -> dict[str, nn.Linear]:
-        return target_linears(model, _check_groups(self.config.groups))
+        return target_linears(model, self.config.groups)
 
     def feedforward_targets(self, targets: dict[str, nn.Linear]) -> list[str]:
-        suffixes = _check_groups(self.config.feedforward)
+        suffixes = self.config.feedforward
         chosen = [n for n in targets if any(n == s or n.endswith(f".{s}") for s in suffixes)]
         unused = [s for s in suffixes if not any(n == s or n.endswith(f".{s}") for n in targets)]
         if unused:

@@ -267,11 +267,8 @@ def _acting_rank(layers: list[FusionLayer], text_prompt_visible: bool) -> int:
 
 
 def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Parameter]:
-    """Put a :class:`ProjectedPrototypeTokens` into each chosen layer's slot; returns the tokens."""
-    if config.num_tokens < 1:
-        raise BenchError(f"SDPT num_tokens must be at least 1, got {config.num_tokens}.")
-    if config.init not in INITS:
-        raise BenchError(f"SDPT init must be one of {INITS}, got {config.init!r}.")
+    """Put a :class:`ProjectedPrototypeTokens` into each chosen layer's slot; returns the tokens.
+    (``config`` is valid by construction: its token count and init were checked when it was built.)"""
     owner = None
     trainable: dict[str, nn.Parameter] = {}
     for layer in chosen_layers(model, config.layers):

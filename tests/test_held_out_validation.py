@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.catalog import Catalog, load_split_annotations
+from bench.catalog import load_split_annotations
 from bench.data.fewshot import few_shot_subset
 from bench.data.holdout import DECLARED, HELD_OUT, HELD_OUT_FRACTION, held_out_image_ids, split_off_validation
 from bench.runs.cell import training_and_validation
-from bench.runs.plan import plan_cells
+from bench.runs.plan import plan_cells, prepare
 from bench.runs.tuning import TuneRequest, trial_cells
-from bench.runs.plan import prepare
 from tests.run_support import TINY_PROTOCOL, quiet_context, synthetic_cache, tiny_request
 
 SHARED = "shapes-colours-shared"
