@@ -12,6 +12,7 @@ from bench.data.prompts import (
     build_prompt,
     build_prompts,
     clean_name,
+    fitting_chunk_size,
     tokenize_captions,
 )
 from bench.errors import BenchError
@@ -104,3 +105,15 @@ def test_token_map_rejects_label_outside_prompt(tokenizer):
     prompt = build_prompt(FIXTURE_CLASSES, tokenizer)
     with pytest.raises(KeyError, match="label 9"):
         prompt.token_map([9])
+
+
+def test_a_vocabulary_too_long_for_one_caption_gets_the_largest_chunk_any_of_its_classes_fit(tokenizer):
+    classes = [PromptClass(label, name) for label, name in enumerate(["cat", "dog", "hippopotamus", "bird", "cow"], start=1)]
+    whole = build_prompt(classes, tokenizer).num_tokens
+    assert fitting_chunk_size(classes, tokenizer, max_query_len=whole) is None
+    size = fitting_chunk_size(classes, tokenizer, max_query_len=whole - 1)
+    assert size == 4
+    longest = sorted(classes, key=lambda c: -build_prompt([c], tokenizer).num_tokens)[:size]
+    assert build_prompt(longest, tokenizer, max_query_len=whole - 1).num_tokens <= whole - 1
+    with pytest.raises(BenchError, match="'hippopotamus' alone needs more than 3 text slots"):
+        fitting_chunk_size(classes, tokenizer, max_query_len=3)

@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -181,8 +181,8 @@ class _DatasetChecker:
         image_dir, annotations_path = self.spec.split_paths(split, self.data_root, self.cache_root)
         key = self.stamps.key(image_dir, annotations_path, self.spec.invalid_boxes)
         stamped = self.stamps.find(key, self.level)
-        if stamped is not None:
-            return stamped
+        if stamped is not None:  # a split sharing its files with another (PascalVOC's val and test) keeps its own name
+            return replace(stamped, split=split)
         try:
             annotations = load_split_annotations(self.spec, split, self.data_root, self.cache_root)
         except DataError as err:

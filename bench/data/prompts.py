@@ -228,6 +228,27 @@ def build_prompts(
     return [build_prompt(g, tokenizer, style=style, max_query_len=max_query_len) for g in groups]
 
 
+def fitting_chunk_size(classes: Sequence[PromptClass], tokenizer, *, style: PromptStyle = GLIP_STYLE,
+                       max_query_len: int = GLIP_MAX_QUERY_LEN) -> int | None:
+    """None when the whole vocabulary fits one caption of ``max_query_len`` tokens; otherwise the most
+    classes that any caption fits, i.e. the largest n for which the n longest names fit together
+    (training samples captions of any n classes). A single name that does not fit is refused."""
+    try:
+        build_prompt(classes, tokenizer, style=style, max_query_len=max_query_len)
+        return None
+    except BenchError:
+        pass
+    longest_first = sorted(classes, key=lambda c: -build_prompt([c], tokenizer, style=style, max_query_len=10**6).num_tokens)
+    for size in range(len(longest_first) - 1, 0, -1):
+        try:
+            build_prompt(longest_first[:size], tokenizer, style=style, max_query_len=max_query_len)
+            return size
+        except BenchError:
+            continue
+    raise BenchError(f"The class name {longest_first[0].name!r} alone needs more than {max_query_len} text slots; "
+                     "shorten it with the dataset's category_names in its catalog entry.")
+
+
 def tokenize_captions(captions: Sequence[str], tokenizer, max_query_len: int = GLIP_MAX_QUERY_LEN) -> dict[str, torch.Tensor]:
     """Batch-tokenise captions as GLIP's detector does: always padded to ``max_query_len`` slots."""
     return tokenizer(

@@ -7,6 +7,7 @@ recorded apart (:meth:`RunStore.save_failure`) and never counts as a result.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from bench.data.dataset import DetectionDataset
 from bench.devices import pick_device
 from bench.data.fewshot import few_shot_subset
 from bench.data.holdout import DECLARED, split_off_validation
+from bench.data.prompts import fitting_chunk_size
 from bench.errors import BenchError
 from bench.models import build_model
 from bench.models.base import DetectorBase
@@ -74,6 +76,22 @@ def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def with_fitting_captions(dataset: DatasetSpec, train_set: DetectionDataset, model: DetectorBase) -> DatasetSpec:
+    """``dataset`` with a ``chunk_size`` when its vocabulary does not fit one caption of the model's
+    text slots and its catalog entry sets none (a small model on a large vocabulary: glip-nano's 64
+    slots and PascalVOC's 20 names): captions then hold as many classes as fit, as GLIP chunks LVIS's.
+    The choice follows from the model and the data, which the run key already covers."""
+    if dataset.chunk_size is not None:
+        return dataset
+    classes = train_set.prompt_classes()
+    size = fitting_chunk_size(classes, model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)
+    if size is None:
+        return dataset
+    print(f"{dataset.name}: its {len(classes)} class names do not fit one caption of {model.text_slots} text slots, so "
+          f"each caption holds {size} of them (training samples them per image, evaluation walks them in chunks).", flush=True)
+    return dataclasses.replace(dataset, chunk_size=size)
 
 
 def used_text_positions(train_set: DetectionDataset, model: DetectorBase, dataset: DatasetSpec) -> int | None:
@@ -141,6 +159,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
 
     torch.manual_seed(BASE_INIT_SEED)
     model = build_model(spec.model, context.model_inputs(spec.weights))
+    dataset = with_fitting_captions(dataset, train_set, model)
     val_set = evaluation_dataset(val_split, model)
     # A tuning trial never opens the test split: its selection cannot read what it never had.
     test_set = None if spec.is_trial else evaluation_dataset(
