@@ -69,3 +69,9 @@ def stored_record(spec: RunSpec, key: str, ap: float = 0.25) -> RunRecord:
                   eval_images_per_s=20.0, train_steps=150, wall_s=60.0),
         provenance={"results_version": RESULTS_VERSION, "git_commit": "0" * 40, "device": "cpu (test)"},
     )
+
+
+def plan_lines(out: str) -> list[str]:
+    """The cell lines of a ``--dry-run`` and its count line (the per-method summary and estimate follow)."""
+    lines = out.splitlines()
+    return lines[: next(i for i, line in enumerate(lines) if " cells: " in line) + 1]

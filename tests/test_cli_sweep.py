@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from tests.run_support import synthetic_cache
+from tests.run_support import plan_lines, synthetic_cache
 
 DATASET = "shapes-colours"
 
@@ -110,12 +110,6 @@ def test_bad_protocol_fields_are_explained(sweep_args, capsys, assignment, says)
 def test_no_methods_is_explained(cache, capsys):
     assert main(["--datasets", DATASET, "--cache-dir", str(cache), "--dry-run"]) == 2
     assert "Choose the methods to run with --methods" in error_of(capsys)
-
-
-def plan_lines(out: str) -> list[str]:
-    """The cell lines of a --dry-run and its count line (the per-method summary and estimate follow)."""
-    lines = out.splitlines()
-    return lines[: next(i for i, line in enumerate(lines) if " cells: " in line) + 1]
 
 
 def test_dry_run_lists_every_cell_as_todo_and_sums_up(sweep_args, capsys, tmp_path):

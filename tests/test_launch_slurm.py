@@ -36,9 +36,9 @@ from bench.cli import main
 from bench.errors import BenchError
 from bench.launch.local import run_local
 from bench.launch.slurm import SlurmOptions, read_attempts, run_slurm
+from bench.runs.cell import SELECTED_WEIGHTS
 from bench.runs.plan import plan_cells
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.loop import BEST_WEIGHTS
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
 from tests.slurm_support import SlurmCluster, slurm_cluster  # noqa: F401  (slurm_cluster is a fixture)
 
@@ -174,8 +174,8 @@ def test_the_records_equal_those_of_the_local_executor(sweep):
         assert b.cost.trainable_params == a.cost.trainable_params
         assert b.provenance["host"] and b.provenance["device"].startswith("cpu")
     key = sweep.keys["bitfit"]
-    here = load_file(sweep.here.store.work_root / key / BEST_WEIGHTS)
-    there = load_file(sweep.on_slurm.store.work_root / key / BEST_WEIGHTS)
+    here = load_file(sweep.here.store.work_root / key / SELECTED_WEIGHTS)
+    there = load_file(sweep.on_slurm.store.work_root / key / SELECTED_WEIGHTS)
     assert here.keys() == there.keys() and all(torch.equal(here[n], there[n]) for n in here)
 
 

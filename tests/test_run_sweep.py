@@ -25,7 +25,7 @@ from bench.runs.record import RESULTS_VERSION
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.loop import BEST_WEIGHTS
 from bench.tuning.base import build_method
-from tests.run_support import MODEL, TINY_PROTOCOL, quiet_context, synthetic_cache, tiny_request
+from tests.run_support import MODEL, TINY_PROTOCOL, plan_lines, quiet_context, synthetic_cache, tiny_request
 
 METHODS = ("zero-shot", "sdpt")
 SDPT_OPTIONS = {"num_tokens": 4}
@@ -142,7 +142,7 @@ def cli_args(sweep) -> list[str]:
 
 def test_cli_dry_run_shows_the_finished_sweep_as_done(sweep, capsys):
     assert main([*cli_args(sweep), "--dry-run"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = plan_lines(capsys.readouterr().out)
     assert lines[-1] == f"{CELLS} cells: {CELLS} done, 0 to run."
     rows = lines[:-1]
     assert len(rows) == CELLS and all(row.startswith("done  ") for row in rows)
@@ -152,7 +152,7 @@ def test_cli_dry_run_shows_the_finished_sweep_as_done(sweep, capsys):
 
 def test_cli_dry_run_with_force_shows_every_cell_as_todo(sweep, capsys):
     assert main([*cli_args(sweep), "--dry-run", "--force"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = plan_lines(capsys.readouterr().out)
     assert lines[-1] == f"{CELLS} cells: 0 done, {CELLS} to run."
     assert all(row.startswith("todo  ") for row in lines[:-1])
 
