@@ -77,7 +77,8 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
     except pickle.UnpicklingError as err:
         disallowed = re.search(r"GLOBAL (\S+)|(\S+) was not an allowed global", str(err))
         if disallowed is None:
-            raise BenchError(f"Checkpoint {path} cannot be read; the file is truncated or not a PyTorch checkpoint.") from None
+            raise BenchError(f"Checkpoint {path} cannot be read; the file is truncated or not a PyTorch checkpoint. "
+                             "Pass --weights the model's checkpoint file (.pth or .safetensors).") from None
         raise BenchError(
             f"Checkpoint {path} holds Python objects beyond tensors ({next(g for g in disallowed.groups() if g)}), "
             "so it was not loaded: reading it would let the file run code. If you trust its source, pass "
@@ -85,7 +86,7 @@ def read_official_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = Fa
         ) from None
     except Exception as err:  # noqa: BLE001 (a file that is no checkpoint fails in many ways: KeyError, struct.error, ...)
         raise BenchError(f"Checkpoint {path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
-                         "the file is truncated or not a PyTorch checkpoint. Pass --weights the model's checkpoint file.") from None
+                         "the file is truncated or not a PyTorch checkpoint. Pass --weights the model's checkpoint file (.pth or .safetensors).") from None
     state = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BenchError(
