@@ -27,7 +27,7 @@ from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.launch.local import SweepOutcome
 from bench.models import MODELS
-from bench.runs.estimate import estimate_sweep, plan_summary
+from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_sweep, plan_summary
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
 from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "shared out evenly (default: 1)")
     how.add_argument("--dry-run", action="store_true", help="print the cells and which are done; run nothing")
     how.add_argument("--force", action="store_true", help="run cells again even when a result is stored")
+    how.add_argument("--cost-model", type=Path, metavar="FILE",
+                     help="with --dry-run: price cells that no finished cell prices from this step-time profile "
+                          "(written by python -m bench.profile --out FILE)")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
     slurm = parser.add_argument_group("SLURM (with --executor slurm)")
     slurm.add_argument("--partition", help="SLURM partition")
@@ -273,12 +276,15 @@ def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], title: str = "") -> 
     print(f"{len(cells)} {title}cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
 
 
-def print_dry_run_summary(cells: Sequence[Cell], todo: Sequence[Cell], context: RunContext) -> None:
+def print_dry_run_summary(cells: Sequence[Cell], todo: Sequence[Cell], context: RunContext, catalog: Catalog,
+                          cost_model: Path | None) -> None:
     """``--dry-run``'s last words: cells done and to run per method and dataset, and what the rest
     will cost, priced from the finished cells in the store (:mod:`bench.runs.estimate`)."""
     print("Per method (done/planned per dataset):")
     print("\n".join(plan_summary(cells, todo)))
-    print(estimate_sweep(todo, context.store.load_records()[0]).describe(len(todo)))
+    profile = StepProfile.load(cost_model) if cost_model else None
+    estimate = estimate_sweep(todo, context.store.load_records()[0], profile, PlannedTrainingImages(context, catalog))
+    print(estimate.describe(len(todo)))
 
 
 def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> SweepOutcome:
@@ -318,7 +324,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     todo = missing_cells(cells, context.store, force=args.force)
     if args.dry_run:
         print_plan(cells, todo)
-        print_dry_run_summary(cells, todo, context)
+        print_dry_run_summary(cells, todo, context, catalog, args.cost_model)
         return 0
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
     return finish(cells, execute(todo, context, args), context, catalog, args)
@@ -347,7 +353,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
         print_plan(finals, final_todo, "selected-setting ")
         if pending:
             print(f"{len(pending)} trial(s) still to run, so some selections, and their cells, are not known yet.")
-        print_dry_run_summary(first + finals, todo + final_todo, context)
+        print_dry_run_summary(first + finals, todo + final_todo, context, catalog, args.cost_model)
         return 0
     for selection in selections.values():
         where = selection.dataset or "all datasets"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.cli import main
@@ -168,8 +170,15 @@ def test_a_tiny_sweep_runs_end_to_end_and_a_second_call_runs_nothing(sweep_args,
     assert "2 cells: 2 already done, running 0 with the local executor." in capsys.readouterr().out
     assert main([*args, "--seeds", "0,1", "--dry-run"]) == 0  # zero-shot has no seeds: one sdpt cell to run
     out = capsys.readouterr().out
-    assert "Estimated cost of the 1 cell(s) with an estimate:" in out and "from the wall times of 1 finished cell(s)" in out
+    assert "h for 1 cell(s) from the wall times of 1 finished cell(s)" in out
     assert "shapes-colours 1/2" in out
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps([{"model": "glip-nano", "method": "lora", "seconds": 0.2, "batch": 1, "device_name": "cpu",
+                                    "height": 64, "width": 64, "amp": "none"}]))
+    tiny = [a for kv in ("max_steps=2", "warmup_steps=0", "eval_every=2", "batch_size=2") for a in ("--protocol-set", kv)]
+    assert main(sweep_args(*tiny, "--dry-run", "--cost-model", str(profile), methods="lora")) == 0
+    # 2 steps of batch 2 (TINY protocol) = 4 training images at 0.2 s each
+    assert "at most 0.0 h of training for 1 cell(s) from the step-time profile (cpu, 64x64, amp none" in capsys.readouterr().out
 
 
 def test_report_without_results_is_explained(capsys, tmp_path):

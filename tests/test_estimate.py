@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
-from bench.runs.estimate import estimate_sweep, plan_summary
+import pytest
+
+from bench.errors import BenchError
+from bench.runs.estimate import StepProfile, estimate_sweep, plan_summary
 from bench.runs.plan import Cell
 from bench.runs.record import RunSpec
 from tests.run_support import stored_record
@@ -30,12 +34,31 @@ def test_a_cell_is_priced_at_the_median_of_its_task_then_of_its_method():
     assert [c.spec.method for c in estimate.unknown] == ["lora"]
     assert estimate.sources == 4
     text = estimate.describe(3)
-    assert "0.1 h of device time" in text and "1 cell(s) have no finished cell" in text and "cpu (test)" in text
+    assert "0.1 h for 2 cell(s) from the wall times of 4 finished cell(s) on cpu (test) (4)" in text
+    assert "1 cell(s) have no estimate" in text
 
 
 def test_with_nothing_finished_the_estimate_says_how_to_get_one():
     text = estimate_sweep([cell()], []).describe(1)
-    assert text.startswith("No estimate of the 1 cell(s)") and "--seeds 0" in text
+    assert text.startswith("No estimate of the 1 cell(s)") and "--seeds 0" in text and "python -m bench.profile" in text
+
+
+def test_a_step_time_profile_prices_what_no_finished_cell_prices(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps([
+        {"model": "glip-nano", "method": "lora", "seconds": 2.0, "batch": 4, "device_name": "NVIDIA H100", "height": 800,
+         "width": 1333, "amp": "bf16"},
+        {"model": "glip-nano", "method": "vpt", "error": "out of memory", "batch": 4},
+    ]))
+    profile = StepProfile.load(path)
+    estimate = estimate_sweep([cell(method="lora"), cell(method="vpt"), cell()], [finished(100.0)], profile,
+                              training_images=lambda c: 3600)
+    assert estimate.exact_s == 100.0 and estimate.profiled_s == 3600 * 0.5 and estimate.profiled_cells == 1
+    assert [c.spec.method for c in estimate.unknown] == ["vpt"]  # its profile row failed
+    assert "at most 0.5 h of training for 1 cell(s) from the step-time profile (NVIDIA H100, 800x1333, amp bf16" in estimate.describe(3)
+    path.write_text("[{}]")
+    with pytest.raises(BenchError, match="is not a profile written by `python -m bench.profile --out FILE`"):
+        StepProfile.load(path)
 
 
 def test_the_summary_counts_done_and_planned_cells_per_method_and_dataset():
