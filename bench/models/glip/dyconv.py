@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torch.autograd.function import once_differentiable
+from torchvision.ops import DeformConv2d, deform_conv2d
 
 from bench.models.glip.text_features import TextFeatures
 
@@ -26,6 +27,103 @@ def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return F.relu6(x + 3) / 6
 
 
+def row_grid(delta: torch.Tensor, row: int, stride: tuple[int, int], padding: tuple[int, int],
+             size: tuple[int, int]) -> torch.Tensor:
+    """Where the taps of kernel row ``i`` of a deformable convolution read its input, as ``grid_sample``'s grid.
+
+    Tap ``(i, j)`` of output ``(h, w)`` reads the ``size``-sized input at ``(h * s - p + i + Δy,
+    w * s - p + j + Δx)`` (dilation 1); ``delta`` ``[B, kw, 2, H', W']`` holds the row's ``(Δy, Δx)``
+    (offset channels ``2k, 2k + 1`` of tap ``k = i * kw + j``, torchvision's layout). Returns
+    ``[B, kw * H', W', 2]``, ``(x, y)`` normalised for ``align_corners=False``, where zero padding gives
+    torchvision's zero-outside bilinear weights.
+    """
+    kw, (out_h, out_w), (height, width) = delta.shape[1], delta.shape[-2:], size
+    options = dict(dtype=delta.dtype, device=delta.device)
+    y = torch.arange(out_h, **options).view(out_h, 1) * stride[0] + (row - padding[0]) + delta[:, :, 0]
+    x = (torch.arange(out_w, **options) * stride[1] + torch.arange(kw, **options).view(kw, 1, 1) - padding[1]
+         + delta[:, :, 1])
+    grid = torch.stack(((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)  # [B, kw, H', W', 2]
+    return grid.view(delta.shape[0], kw * out_h, out_w, 2)
+
+
+class FrozenWeightDeformConv(torch.autograd.Function):
+    """torchvision's modulated deformable convolution for a weight that does not train.
+
+    The forward is torchvision's op (bit-identical outputs). Its backward
+    (``torchvision::_deform_conv2d_backward``) always computes the weight gradient too, an im2col and
+    a GEMM as large as the forward, whatever autograd asks for (``backward_gradient_parameters`` runs
+    unconditionally, pytorch/vision torchvision/csrc/ops/cpu/deform_conv2d_kernel.cpp). This backward
+    computes only what ``needs_input_grad`` asks: the input, offset and mask gradients with
+    ``grid_sample``'s backward (:func:`_sampling_grads`), the bias gradient as a sum.
+    Extra arguments: ``stride`` and ``padding`` pairs; dilation 1 and one weight and offset group, as in DyHead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, offset, mask, weight, bias, stride, padding):
+        ctx.save_for_backward(x, offset, mask, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, mask=mask)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, offset, mask, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        sampled = (_sampling_grads(grad, (x, offset, mask), needs, weight, ctx.stride, ctx.padding)
+                   if any(needs) else (None,) * 3)
+        bias_grad = grad.sum((0, 2, 3)) if ctx.needs_input_grad[4] else None
+        return (*sampled, None, bias_grad, None, None)
+
+
+def _sampling_grads(grad: torch.Tensor, inputs: tuple[torch.Tensor, ...], needs: tuple[bool, ...], weight: torch.Tensor,
+                    stride: tuple[int, int], padding: tuple[int, int]) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of ``inputs = (x, offset, mask)`` given the output's ``grad``, None where ``needs`` asks for none.
+
+    One kernel row at a time, so that the buffers of ``B * C * kw * H' * W'`` values stay about as
+    large as torchvision's ``[C * kh * kw, B * H' * W']`` columns: the row's weight slice maps ``grad``
+    onto the row's samples, the mask gets that times the samples summed over channels, and
+    ``grid_sample``'s backward gives the input and the row's offset channels.
+    """
+    x, offset, mask = inputs
+    need_x, need_offset, need_mask = needs
+    kh, kw = weight.shape[-2:]
+    row_deltas = offset.reshape(offset.shape[0], kh, kw, 2, *offset.shape[-2:]).unbind(1)  # [B, kw, 2, H', W'] each
+    x = x.detach().requires_grad_(need_x)
+    x_grad = torch.zeros_like(x) if need_x else None
+    offset_grads, mask_grads = [], []
+    for row, (row_delta, row_mask) in enumerate(zip(row_deltas, mask.chunk(kh, 1))):
+        sample_grad = torch.einsum("ocj,bohw->bcjhw", weight[:, :, row], grad)  # [B, C, kw, H', W']
+        with torch.enable_grad(), torch.autocast(grad.device.type, enabled=False):
+            delta = row_delta.detach().requires_grad_(need_offset)
+            samples = F.grid_sample(x, row_grid(delta, row, stride, padding, x.shape[-2:]), mode="bilinear",
+                                    padding_mode="zeros", align_corners=False).view_as(sample_grad)
+        if need_mask:
+            mask_grads.append((sample_grad * samples.detach()).sum(1))
+        wanted = [t for t in (x, delta) if t.requires_grad]
+        if wanted:
+            row_grads = iter(torch.autograd.grad(samples, wanted, sample_grad.mul_(row_mask[:, None])))
+            if need_x:
+                x_grad += next(row_grads)
+            if need_offset:
+                offset_grads.append(next(row_grads).flatten(1, 2))
+    return (x_grad, torch.cat(offset_grads, 1) if need_offset else None,
+            torch.cat(mask_grads, 1) if need_mask else None)
+
+
+def modulated_deform_conv(conv: DeformConv2d, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``conv(x, offset, mask)``, through :class:`FrozenWeightDeformConv` when its weight is frozen and a
+    backward may follow.
+
+    torchvision's own backward stays in use for a trained weight, and on CUDA under
+    ``torch.use_deterministic_algorithms``, where ``grid_sample``'s backward has no deterministic kernel
+    and raises (torchvision's CUDA backward accumulates with ``atomicAdd`` too, but does not check).
+    """
+    if (conv.weight.requires_grad or not torch.is_grad_enabled()
+            or (x.is_cuda and torch.are_deterministic_algorithms_enabled())):
+        return conv(x, offset, mask)
+    return FrozenWeightDeformConv.apply(x, offset, mask, conv.weight, conv.bias, conv.stride, conv.padding)
+
+
 class Conv3x3Norm(nn.Module):
     """Modulated deformable 3x3 convolution (padding 1, bias) followed by GroupNorm.
 
@@ -34,7 +132,8 @@ class Conv3x3Norm(nn.Module):
     float32)``); ``torchvision.ops.deform_conv2d`` has the same offset layout and zero-outside
     bilinear sampling as GLIP's CUDA kernel. With ``deformable=False`` (GLIP's ``USE_DFCONV False``)
     the convolution is a plain 3x3 ``Conv2d`` under the same parameter names, and ``offset`` and
-    ``mask`` are None: on a CPU the deformable backward costs most of a small model's step.
+    ``mask`` are None: on a CPU the deformable backward costs most of a small model's step. A frozen
+    deformable weight gets no gradient computed (:func:`modulated_deform_conv`).
     """
 
     def __init__(self, channels: int, stride: int, gn_groups: int, deformable: bool = True) -> None:
@@ -48,7 +147,7 @@ class Conv3x3Norm(nn.Module):
             return self.bn(self.conv(x))
         dtype = torch.promote_types(self.conv.weight.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            return self.bn(self.conv(x.to(dtype), offset.to(dtype), mask.to(dtype)))
+            return self.bn(modulated_deform_conv(self.conv, x.to(dtype), offset.to(dtype), mask.to(dtype)))
 
 
 class DyReLU(nn.Module):

@@ -40,6 +40,18 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def subtract_row_max(x: torch.Tensor) -> torch.Tensor:
+    """``x`` minus the maximum of each row (last dim), the maximum taken as a constant.
+
+    The shift only keeps the softmax that follows in range and softmax does not depend on it, so its
+    gradient is zero: differentiating ``amax`` would spend passes over the whole ``[B*h, T, N_v]`` map
+    (an equality mask, a count, a division) on rounding noise. The official code subtracts
+    ``torch.max(attn_weights_T, dim=-1, keepdim=True)[0]`` (microsoft/GLIP maskrcnn_benchmark/utils/
+    fuse_helper.py, BiMultiHeadAttention.forward); the values are the same.
+    """
+    return x - x.detach().amax(dim=-1, keepdim=True)
+
+
 class BiMultiHeadAttention(nn.Module):
     """One shared logit matrix between image positions and text tokens, softmaxed both ways.
 
@@ -96,7 +108,7 @@ class BiMultiHeadAttention(nn.Module):
         # Text -> image: softmax over ALL image positions of the max-subtracted logits; no mask on
         # this side, so padded tokens are updated too (reference/glip.md §3 step 3) [Q].
         logits_t = logits.transpose(1, 2)
-        logits_t = (logits_t - logits_t.amax(dim=-1, keepdim=True)).clamp(-self.clamp, self.clamp)
+        logits_t = subtract_row_max(logits_t).clamp(-self.clamp, self.clamp)
         probs_l = logits_t.softmax(dim=-1)
 
         # Image -> text: padded tokens get -9e15 and real ones +1, which softmax ignores; kept as the
