@@ -62,8 +62,9 @@ class TextContext(nn.Module):
     """``input_embedding_hook``: inserts ``context`` ``[M, D]`` after the first slot (``[CLS]``).
 
     ``(embeddings [B, T, D], mask [B, T]) -> (embeddings [B, T, D], mask [B, T])``; the caption's
-    tokens move ``token_shift = M`` slots to the right and the last M slots (padding, which the
-    detector checks) are dropped.
+    tokens move ``token_shift = M`` slots to the right and the last M slots are dropped: padding,
+    since the detector refuses captions that do not fit and makes a batch's text ``T`` at least its
+    longest caption plus M (:meth:`bench.models.base.DetectorBase.text_length`).
     """
 
     def __init__(self, tokens: int, width: int, std: float = 0.02) -> None:

@@ -6,8 +6,9 @@ the rows act as per-class text offsets. The official module is ``nn.Linear(768, 
 of which only the first ``MAX_QUERY_LEN`` (256) rows are ever used: ``rows`` keeps that allocation
 for faithful accounting. Effective count: ``positions x min(width, l_dim)``. Only the rows of the text
 positions the captions use act (``text_positions``; every slot when not given): rows past the text
-slots are never added, and a padded slot's features are masked out of fusion and of the token logits
-(GLIP) or not computed at all (Grounding DINO pads to the longest caption). A row reaches the detector
+slots are never added, nor are those past a batch's text length (both detectors pad a batch's text to
+its longest caption; where GLIP pads to every slot, ``pad_text_to_slots``, the padded slots' features
+are masked out of fusion and of the token logits). A row reaches the detector
 only through the text features its fusion layers read, ``l_dim`` wide (GLIP: BERT's 768; Grounding
 DINO projects BERT's 768 to 256 first), so each row has at most ``min(width, l_dim)`` degrees of
 freedom. (GLIP's first fusion block also LayerNorms the text before anything else reads it, which
@@ -47,7 +48,8 @@ class GlipPromptConfig(MethodConfig):
 
 
 class TextSlotOffset(nn.Module):
-    """Adds ``weight[:T]`` to text features ``[B, T, D]`` (zero at initialisation)."""
+    """Adds ``weight[:T]`` to text features ``[B, T, D]`` (zero at initialisation); ``T`` is the
+    batch's text length, any number up to the text slots."""
 
     def __init__(self, rows: int, width: int) -> None:
         super().__init__()

@@ -249,11 +249,17 @@ def fitting_chunk_size(classes: Sequence[PromptClass], tokenizer, *, style: Prom
                      "shorten it with the dataset's category_names in its catalog entry.")
 
 
-def tokenize_captions(captions: Sequence[str], tokenizer, max_query_len: int = GLIP_MAX_QUERY_LEN) -> dict[str, torch.Tensor]:
-    """Batch-tokenise captions as GLIP's detector does: always padded to ``max_query_len`` slots."""
+def tokenize_captions(captions: Sequence[str], tokenizer, length: int = GLIP_MAX_QUERY_LEN) -> dict[str, torch.Tensor]:
+    """Batch-tokenise captions padded to ``length`` slots: ``input_ids`` and ``attention_mask`` ``[B, length]``.
+
+    GLIP's released configurations pad to all 256 slots (official code: microsoft/GLIP
+    maskrcnn_benchmark/modeling/detector/generalized_vl_rcnn.py, ``padding="max_length"`` under
+    ``MODEL.LANGUAGE_BACKBONE.PAD_MAX``); a detector may pass its batch's own length instead
+    (:meth:`bench.models.base.DetectorBase.text_length`).
+    """
     return tokenizer(
         list(captions),
-        max_length=max_query_len,
+        max_length=length,
         padding="max_length",
         truncation=True,
         return_tensors="pt",

@@ -14,7 +14,9 @@ internals or its name, so every method runs on every backend:
   kept); a hook that inserts tokens before the caption's declares ``token_shift: int`` and the
   detector moves its positive maps by that much (``Prompt.shifted``), refusing captions that no
   longer fit in ``text_slots``; and a ``layer_input_hook`` slot called as ``hook(i, hidden)`` on
-  the input ``[B, T, D]`` of every text layer ``i < num_layers()`` (deep text prompts);
+  the input ``[B, T, D]`` of every text layer ``i < num_layers()`` (deep text prompts). ``T`` is a
+  batch's text length, at most ``text_slots`` (:meth:`DetectorBase.text_length`): whatever a method
+  keeps per text position must take any ``T`` up to ``text_slots``;
 * ``text_feature_offset``: a slot for a module that edits the text features before fusion;
 * ``fusion_layers()``: every image-text fusion layer (:class:`FusionLayer`): its
   ``attention_projections()`` (the image-query and text-key projections whose outputs form the
@@ -39,6 +41,9 @@ from bench.data.transforms import PixelNormalization
 from bench.errors import BenchError
 
 PARAMETER_GROUPS = ("vision_backbone", "neck", "text_encoder", "fusion", "head")
+
+# A batch's text length is rounded up to a multiple of this many slots (DetectorBase.text_length).
+TEXT_LENGTH_MULTIPLE = 8
 
 # Attribute names of extension slots; tensors below them belong to methods, not to the base model.
 SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "layer_input_hook", "text_feature_offset", "token_extension")
@@ -169,7 +174,7 @@ class DetectorBase(nn.Module):
     """What every detector backend provides (see the module docstring)."""
 
     tokenizer: Any
-    text_slots: int  # token positions of the text input (GLIP: 256); prompts and offsets are sized by it
+    text_slots: int  # the most token positions of the text input (GLIP: 256); prompts and offsets are sized by it
     prompt_style: PromptStyle = GLIP_STYLE
 
     @property
@@ -209,6 +214,21 @@ class DetectorBase(nn.Module):
                     f"input_embedding_hook inserts {shift} more, over the model's {self.text_slots} text slots; "
                     "split the vocabulary into smaller chunks (chunk_size) or insert fewer context tokens."
                 )
+
+    def text_length(self, prompts: Sequence[Prompt]) -> int:
+        """The text slots a batch of fitting prompts (:meth:`check_fit`) needs: its longest caption plus
+        the tokens the ``input_embedding_hook`` inserts, rounded up to a multiple of
+        :data:`TEXT_LENGTH_MULTIPLE`, at most ``text_slots``.
+
+        Slots past the longest caption are padding, which every real token's computation masks, so
+        they change no output beyond float rounding while costing text work in proportion (an
+        ODinW caption of 5 classes needs 13 to 20 of GLIP's 256 slots). Rounding up costs at most 7
+        padded slots, too few to measure on the CPU; in exchange the text matrices keep sizes that are
+        multiples of 8, the alignment of half-precision tensor-core kernels on GPUs, and batches of
+        similar captions share one shape.
+        """
+        needed = max(p.num_tokens for p in prompts) + self.text_encoder().token_shift()
+        return min(-(-needed // TEXT_LENGTH_MULTIPLE) * TEXT_LENGTH_MULTIPLE, self.text_slots)
 
     def shift_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
         """The prompts with their token positions where the text encoder puts them (positive maps for

@@ -49,7 +49,8 @@ def test_context_goes_after_cls_and_the_caption_moves_right_within_the_slots():
 def test_text_features_carry_the_widened_mask(glip_a_factory, task, batch_size):
     model, _ = coop_model(glip_a_factory)
     text = model.encode_text([task.prompt] * batch_size)
-    assert text.features.hidden.shape[:2] == (batch_size, model.text_slots)
+    assert text.features.hidden.shape[:2] == (batch_size, model.text_length([task.prompt]))
+    assert task.prompt.num_tokens + M <= model.text_length([task.prompt]) < model.text_slots
     assert text.features.mask.sum(1).tolist() == [task.prompt.num_tokens + M] * batch_size
 
 
@@ -87,8 +88,9 @@ def test_training_targets_use_the_shifted_positive_map(glip_a_factory, task):
     outputs, _ = model.predict(model.backbone(task.images), text.features)
     anchors = grid_anchors(outputs.feature_sizes, model.config.anchors)
     target = task.targets[0]
-    positive_map = task.prompt.shifted(M).token_map(target["labels"], model.text_slots)
-    expected, _ = atss_losses(outputs, anchors, [ImageTargets(target["boxes"].float(), target["labels"], positive_map)], text.features.mask, model.config.loss)
+    positive_map = task.prompt.shifted(M).token_map(target["labels"], text.features.mask.shape[1])
+    targets = [ImageTargets(target["boxes"].float(), target["labels"], positive_map, text_slots=model.text_slots)]
+    expected, _ = atss_losses(outputs, anchors, targets, text.features.mask, model.config.loss)
     for name in expected:
         assert torch.allclose(losses[name], expected[name]), name
 

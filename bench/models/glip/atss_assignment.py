@@ -23,12 +23,15 @@ class ImageTargets:
     """Ground truth of one image for the grounding loss.
 
     ``boxes`` ``[N, 4]`` xyxy in resized-image pixels; ``labels`` ``[N]`` int64 class labels (>= 1);
-    ``positive_map`` ``[N, T]``: which prompt tokens name each box (any value > 0 counts as 1).
+    ``positive_map`` ``[N, T]``: which prompt tokens name each box (any value > 0 counts as 1);
+    ``text_slots``: the model's text slots, of which ``T`` (the batch's text length) may be only the
+    first; ``None``: ``T`` is all of them. It places the "no object" token (:func:`no_object_row`).
     """
 
     boxes: torch.Tensor
     labels: torch.Tensor
     positive_map: torch.Tensor
+    text_slots: int | None = None
 
 
 @dataclass
@@ -66,18 +69,32 @@ def _candidates(
     return torch.cat(candidates, dim=0)
 
 
+def no_object_row(num_tokens: int, text_slots: int | None, like: torch.Tensor) -> torch.Tensor:
+    """A negative anchor's token targets ``[num_tokens]``: zeros except the last text slot, set to 1 as
+    the official "no object" token (official code: microsoft/GLIP maskrcnn_benchmark/modeling/rpn/loss.py,
+    ``unmatched_labels[-1] = 1`` in ``ATSSLossComputation.prepare_targets``, on a 256-slot map).
+
+    The loss masks that slot unless a caption fills every slot. Text shorter than the slots
+    (``text_slots > num_tokens``) does not reach it, so the row stays zero: the loss is the one of
+    the text padded to every slot.
+    """
+    row = torch.zeros(num_tokens, dtype=like.dtype, device=like.device)
+    slot = (text_slots or num_tokens) - 1
+    if slot < num_tokens:
+        row[slot] = 1.0
+    return row
+
+
 def assign_atss(anchors: list[torch.Tensor], target: ImageTargets, topk: int) -> AtssAssignment:
     """ATSS targets for one image.
 
     ``anchors``: per level ``[A_l, 4]`` xyxy (:func:`bench.models.glip.anchors.grid_anchors`).
-    A negative anchor's token row is all zeros except its last slot, set to 1 as the official
-    "no object" token (glip.md §1.8); the loss masks that slot unless the prompt fills every slot.
+    A negative anchor's token row is :func:`no_object_row` (glip.md §1.8).
     """
     all_anchors = torch.cat(anchors, dim=0)
     num_anchors, num_tokens = all_anchors.shape[0], target.positive_map.shape[1]
     boxes = target.boxes.to(all_anchors)
-    no_object = torch.zeros(num_tokens, dtype=all_anchors.dtype, device=all_anchors.device)
-    no_object[-1] = 1.0
+    no_object = no_object_row(num_tokens, target.text_slots, all_anchors)
     if boxes.shape[0] == 0:
         # The official code cannot take an image without boxes; here every anchor is negative.
         zeros = torch.zeros(num_anchors, dtype=torch.long, device=all_anchors.device)

@@ -53,6 +53,16 @@ def giou_loss(pred_deltas: torch.Tensor, reg_targets: torch.Tensor, anchors: tor
     return generalized_box_iou_loss(pred, decode(reg_targets, anchors), reduction="none", eps=GIOU_EPS)
 
 
+def check_text_length(targets: list[ImageTargets], text_mask: torch.Tensor) -> None:
+    """Positive maps must be as long as the batch's text (``Prompt.token_map(labels, T)``)."""
+    lengths = sorted({target.positive_map.shape[1] for target in targets} - {text_mask.shape[1]})
+    if lengths:
+        raise ValueError(
+            f"Positive maps of {lengths} token positions for text of {text_mask.shape[1]}: build them with the "
+            "length of the batch's text features (TextFeatures.mask.shape[1]), not the model's text slots."
+        )
+
+
 def atss_losses(
     outputs: HeadOutputs,
     anchors: list[torch.Tensor],
@@ -62,10 +72,12 @@ def atss_losses(
 ) -> tuple[dict[str, torch.Tensor], list[AtssAssignment]]:
     """GLIP's losses for a batch, and the per-image ATSS assignments they were computed from.
 
-    ``anchors``: per level ``[A_l, 4]``, shared by the padded batch; ``targets``: one per image;
-    ``text_mask`` ``[B, T]``: the tokenizer's attention mask. Computed in fp32, as the official
-    loss (``custom_fwd(cast_inputs=float32)``) is.
+    ``anchors``: per level ``[A_l, 4]``, shared by the padded batch; ``targets``: one per image, with
+    positive maps ``[N, T]``; ``text_mask`` ``[B, T]``: the tokenizer's attention mask, as long as the
+    batch's text. Only real tokens enter the token loss, so a batch's text padded to any length
+    gives the same losses. Computed in fp32, as the official loss (``custom_fwd(cast_inputs=float32)``) is.
     """
+    check_text_length(targets, text_mask)
     with torch.autocast(device_type=text_mask.device.type, enabled=False):
         assignments = [assign_atss(anchors, target, config.atss_topk) for target in targets]
         logits, deltas, centerness = (t.float() for t in flatten_levels(outputs))

@@ -66,6 +66,10 @@ class GLIP(DetectorBase):
         self.rpn.head.dyhead_tower.set_gradient_checkpointing(config.dyhead.use_checkpoint)
         self.text_feature_offset: nn.Module | None = None
         self.text_slots = config.text.max_query_len
+        # True: every caption padded to all text slots, as the released GLIP configurations do
+        # (MODEL.LANGUAGE_BACKBONE.PAD_MAX); False: to the batch's text length, the same outputs for
+        # a fraction of the text work (DetectorBase.text_length).
+        self.pad_text_to_slots = False
 
     # ----------------------------------------------------------------- extension points
     @property
@@ -124,16 +128,18 @@ class GLIP(DetectorBase):
 
     # ----------------------------------------------------------------- stages
     def encode_text(self, prompts: Sequence[Prompt]) -> TextBatch:
-        """Tokenise one caption per image (padded to the text slots) and run BERT and the offset slot.
+        """Tokenise one caption per image and run BERT and the offset slot.
 
-        The features' mask is the one the text encoder's ``input_embedding_hook`` returns (inserted
-        context tokens count as text); token positions of the prompts move by
-        :meth:`LanguageBackbone.token_shift`, see :meth:`DetectorBase.shift_prompts`.
+        Captions are padded to the batch's text length ``T`` (:meth:`DetectorBase.text_length`), or to
+        all text slots with ``pad_text_to_slots``. The features' mask is the one the text encoder's
+        ``input_embedding_hook`` returns (inserted context tokens count as text); token positions of
+        the prompts move by :meth:`LanguageBackbone.token_shift`, see :meth:`DetectorBase.shift_prompts`.
         """
         if self.tokenizer is None:
             raise RuntimeError("GLIP needs a tokenizer to encode prompts; build it with build_glip(..., tokenizer=...).")
         self.check_fit(prompts)
-        tokens = tokenize_captions([p.caption for p in prompts], self.tokenizer, self.config.text.max_query_len)
+        length = self.text_slots if self.pad_text_to_slots else self.text_length(prompts)
+        tokens = tokenize_captions([p.caption for p in prompts], self.tokenizer, length)
         device = next(self.parameters()).device
         input_ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
         encoding = self.language_backbone(input_ids, mask)
@@ -175,7 +181,8 @@ class GLIP(DetectorBase):
                 ImageTargets(
                     boxes=t["boxes"].as_subclass(torch.Tensor).to(images.device).float(),
                     labels=t["labels"].to(images.device),
-                    positive_map=p.token_map(t["labels"], self.config.text.max_query_len).to(images.device),
+                    positive_map=p.token_map(t["labels"], text.features.mask.shape[1]).to(images.device),
+                    text_slots=self.text_slots,
                 )
                 for t, p in zip(targets, prompts)
             ]

@@ -10,7 +10,9 @@ its largest absolute and relative difference and PASS/FAIL against the tolerance
 with status 0 only if every line passes.
 
 As the fixture notes advise, the model is fed the official padded batch (``input.images_padded``),
-so that differences between resize libraries show up only in the pre-processing lines.
+so that differences between resize libraries show up only in the pre-processing lines. Its text is
+padded to all text slots as the official run's was (``GLIP.pad_text_to_slots``), so that the text
+tensors compare slot for slot.
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ def run_parity(directory: str | Path) -> list[StageResult]:
     fixture = Fixture(directory)
     model = GLIP(fixture.config, fixture.tokenizer)
     load_official_checkpoint(model, fixture.checkpoint)
+    model.pad_text_to_slots = True
     model.eval()
     prompt = fixture_prompt(fixture)
     results = [*check_prompt(fixture, prompt), *check_preprocessing(fixture)]
