@@ -14,6 +14,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from bench.models.glip.checkpoint import load_official_checkpoint  # noqa: E402
+from bench.models.glip.config import from_reduced_config  # noqa: E402
+from bench.models.glip.language import load_tokenizer  # noqa: E402
+from bench.models.glip.model import GLIP  # noqa: E402
 from bench.models.grounding_dino.model import grounding_dino_on_config  # noqa: E402
 from tests.grounding_dino_support import TINY_INPUTS, tiny_config, tiny_tokenizer, warmed_up_weights  # noqa: E402
 
@@ -40,6 +44,23 @@ def fixture_a_summary(fixture_a_dir) -> dict:
 def fixture_a_reference(fixture_a_dir) -> dict:
     """The official code's tensors for fixture A (``reference.pt``), loaded without running pickled code."""
     return torch.load(fixture_a_dir / "reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def glip_a_factory(fixture_a_dir):
+    """Builds a fresh copy of the fixture-A GLIP (its official-code weights) on each call."""
+    config = from_reduced_config(fixture_a_dir / "reduced_config.json", fixture_a_dir / "bert_local" / "config.json")
+    tokenizer = load_tokenizer(fixture_a_dir / "bert_local")
+    state = GLIP(config, tokenizer)
+    load_official_checkpoint(state, fixture_a_dir / "glip_reduced_A.pth")
+    weights = state.state_dict()
+
+    def build() -> GLIP:
+        model = GLIP(config, tokenizer)
+        model.load_state_dict(weights)
+        return model.eval()
+
+    return build
 
 
 @pytest.fixture(scope="session")

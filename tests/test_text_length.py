@@ -20,9 +20,6 @@ from bench.models.base import TEXT_LENGTH_MULTIPLE
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets, no_object_row
 from bench.models.glip.atss_loss import atss_losses
-from bench.models.glip.checkpoint import load_official_checkpoint
-from bench.models.glip.config import from_reduced_config
-from bench.models.glip.language import load_tokenizer
 from bench.models.glip.model import GLIP
 from bench.models.glip.parity import BOXES, GRADS, LOSSES, SCORES, Tolerance
 from bench.tuning.base import METHODS, build_method
@@ -47,23 +44,6 @@ class Batch:
     sizes: torch.Tensor
     prompts: list[Prompt]
     targets: list[dict[str, torch.Tensor]]
-
-
-@pytest.fixture(scope="module")
-def glip_a_factory(fixture_a_dir):
-    """Builds a fresh fixture-A GLIP (the official code's weights) on each call."""
-    config = from_reduced_config(fixture_a_dir / "reduced_config.json", fixture_a_dir / "bert_local" / "config.json")
-    tokenizer = load_tokenizer(fixture_a_dir / "bert_local")
-    loaded = GLIP(config, tokenizer)
-    load_official_checkpoint(loaded, fixture_a_dir / "glip_reduced_A.pth")
-    weights = loaded.state_dict()
-
-    def build() -> GLIP:
-        model = GLIP(config, tokenizer)
-        model.load_state_dict(weights)
-        return model.eval()
-
-    return build
 
 
 def caption_of(classes: int, tokenizer) -> Prompt:

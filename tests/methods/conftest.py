@@ -14,9 +14,6 @@ import torch
 
 from bench.data.prompts import Prompt, build_prompt
 from bench.data.transforms import pad_batch
-from bench.models.glip.checkpoint import load_official_checkpoint
-from bench.models.glip.config import from_reduced_config
-from bench.models.glip.language import load_tokenizer
 from bench.models.glip.model import GLIP
 from bench.models.grounding_dino.model import GroundingDino
 from tests.grounding_dino_support import SHAPE_CLASSES, tiny_task
@@ -45,23 +42,6 @@ class Task:
             targets.append({"boxes": boxes, "labels": self.targets[0]["labels"]})
         padded, sizes = pad_batch(images)
         return Task(padded, sizes, targets, self.prompt)
-
-
-@pytest.fixture(scope="session")
-def glip_a_factory(fixture_a_dir):
-    """Builds a fresh copy of the fixture-A GLIP (its official-code weights) on each call."""
-    config = from_reduced_config(fixture_a_dir / "reduced_config.json", fixture_a_dir / "bert_local" / "config.json")
-    tokenizer = load_tokenizer(fixture_a_dir / "bert_local")
-    state = GLIP(config, tokenizer)
-    load_official_checkpoint(state, fixture_a_dir / "glip_reduced_A.pth")
-    weights = state.state_dict()
-
-    def build() -> GLIP:
-        model = GLIP(config, tokenizer)
-        model.load_state_dict(weights)
-        return model.eval()
-
-    return build
 
 
 @pytest.fixture(scope="session")
