@@ -63,9 +63,9 @@ class Protocol:
     names any operation that has none), for runs that must repeat bit for bit on the same hardware.
     ``frozen_modules``: ``eval`` runs dropout and stochastic depth only in modules whose own weights
     train, the same rule for every method (:mod:`bench.train.modes`); ``train`` runs them everywhere.
-    ``selection``: ``best-val`` scores the weights that did best on the validation split; ``last``
-    scores the final weights (no early stop), for datasets whose only labelled held-out split is
-    the test split (COCO val2017, LVIS minival), where choosing on it would leak test data.
+    ``selection``: ``best-val`` scores the weights that did best on the validation split (held out of
+    the training images where a dataset's validation is its test, :mod:`bench.data.holdout`);
+    ``last`` scores the final weights of a fixed budget (no early stop), as SDPT's COCO recipe does.
     """
 
     name: str = "custom"
