@@ -31,6 +31,7 @@ from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_swe
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
 from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
+from bench.train.frozen_cache import FROZEN_CACHE_MODES
 from bench.train.protocol import PROTOCOLS
 from bench.tuning.listing import describe_methods
 from bench.tuning.search import parse_tuned_fields
@@ -157,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--jobs", type=int, default=1,
                      help="local executor: cells run at once, each in its own process; on a CPU the cores are "
                           "shared out evenly (default: 1)")
+    how.add_argument("--frozen-cache", choices=FROZEN_CACHE_MODES, default="disk",
+                     help="remember the outputs of frozen detector parts (image backbone, text encoder) by the content "
+                          "of their inputs: off, memory (per process) or disk (shared by the cells, below "
+                          "RESULTS/runs/cache/frozen); results are bit-identical either way (default: disk)")
+    how.add_argument("--frozen-cache-gib", type=float, default=8.0, metavar="GIB",
+                     help="disk space the frozen-part cache may use; the oldest entries are pruned (default: 8)")
     how.add_argument("--dry-run", action="store_true", help="print the cells and which are done; run nothing")
     how.add_argument("--force", action="store_true", help="run cells again even when a result is stored")
     how.add_argument("--cost-model", type=Path, metavar="FILE",
@@ -308,6 +315,9 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise BenchError(f"--jobs {args.jobs}: the number of cells run at once must be at least 1.")
+    if not args.frozen_cache_gib >= 0:
+        raise BenchError(f"--frozen-cache-gib {args.frozen_cache_gib}: the cache's disk space must be 0 or more GiB "
+                         "(0 keeps nothing on disk; --frozen-cache off or memory keeps nothing there either).")
     if args.executor == "local":  # a SLURM task checks its own node's device
         check_device(args.device)
     check_results_folder(args.results)
@@ -316,6 +326,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
         device=args.device, workers=args.workers, progress=not args.no_progress,
         tokenizer=args.tokenizer, allow_unsafe_checkpoint=args.allow_unsafe_checkpoint,
+        frozen_cache=args.frozen_cache, frozen_cache_gib=args.frozen_cache_gib,
     )
     if args.tune:
         return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))

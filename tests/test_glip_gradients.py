@@ -1,8 +1,9 @@
 """GLIP's training step computes no gradient nobody asked for, and its numbers stay those of the plain ops.
 
-Two shortcuts are checked against the plain computation they replace (switched back in by
-monkeypatching): the fusion layer's row-max shift is taken as a constant (:func:`fusion.subtract_row_max`)
-and a frozen deformable DyConv weight gets no gradient (:func:`dyconv.modulated_deform_conv`). Forward
+Three shortcuts are checked against the plain computation they replace (switched back in by
+monkeypatching): the fusion layer's row-max shift is taken as a constant (:func:`fusion.subtract_row_max`),
+its ±clamp runs only where a logit lies outside it (:func:`fusion.clamp_where_binding`), and a frozen
+deformable DyConv weight gets no gradient (:func:`dyconv.modulated_deform_conv`). Forward
 values must be bit-identical; gradients equal up to float32 rounding (``GRAD_TOL``, tighter where it
 holds). Each test also checks, on the autograd graph, that the shortcut ran and the plain op did not.
 """
@@ -35,9 +36,11 @@ FIXTURE_CLASSES = [PromptClass(1, "red square"), PromptClass(2, "blue circle"), 
 
 @contextmanager
 def plain_ops():
-    """The implementation before the shortcuts: ``amax`` differentiated, torchvision's full backward."""
+    """The implementation before the shortcuts: ``amax`` differentiated, the clamps always applied,
+    torchvision's full backward."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fusion, "subtract_row_max", lambda x: x - x.amax(dim=-1, keepdim=True))
+        patch.setattr(fusion, "clamp_where_binding", lambda x, bound: x.clamp(-bound, bound))
         patch.setattr(dyconv, "modulated_deform_conv", lambda conv, x, offset, mask: conv(x, offset, mask))
         yield
 
@@ -127,6 +130,29 @@ def test_fusion_row_max_shift_is_a_constant_with_the_same_values_and_gradients()
     with plain_ops():
         (expected_v, expected_l), expected_nodes, expected = run()
     assert nodes["AmaxBackward0"] == 0 and expected_nodes["AmaxBackward0"] == 1
+    assert torch.equal(out_v, expected_v) and torch.equal(out_l, expected_l)
+    assert_grads_close(dict(enumerate(grads)), dict(enumerate(expected)), GRAD_TOL)
+
+
+@pytest.mark.parametrize("input_scale, clamps", [(1.0, 0), (300.0, 2)])
+def test_fusion_clamp_runs_only_where_a_logit_is_out_of_bounds(input_scale, clamps):
+    """Inputs of unit size keep the logits far inside a bound of 50 (no clamp runs); inputs 300x
+    larger push them past it on both sides, and then both official clamps run, with their values."""
+    torch.manual_seed(0)
+    layer = BiMultiHeadAttention(v_dim=16, l_dim=12, embed_dim=32, num_heads=4, dropout=0.0, clamp=50.0).train()
+    v = (input_scale * torch.randn(2, 30, 16)).requires_grad_(True)
+    l = (input_scale * torch.randn(2, 7, 12)).requires_grad_(True)
+    text_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    grad_v, grad_l = torch.randn(2, 30, 16), torch.randn(2, 7, 12)
+
+    def run():
+        outputs = layer(v, l, text_mask)
+        return outputs, graph_nodes(outputs[1]), torch.autograd.grad(outputs, [v, l, *layer.parameters()], (grad_v, grad_l))
+
+    (out_v, out_l), nodes, grads = run()
+    with plain_ops():
+        (expected_v, expected_l), expected_nodes, expected = run()
+    assert nodes["ClampBackward1"] == clamps and expected_nodes["ClampBackward1"] == 2
     assert torch.equal(out_v, expected_v) and torch.equal(out_l, expected_l)
     assert_grads_close(dict(enumerate(grads)), dict(enumerate(expected)), GRAD_TOL)
 

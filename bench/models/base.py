@@ -22,7 +22,12 @@ internals or its name, so every method runs on every backend:
   ``attention_projections()`` (the image-query and text-key projections whose outputs form the
   shared image-text logits) and a ``token_extension`` slot whose tokens are appended before
   attention and stripped after it (:func:`extend_tokens`);
-* ``prompt_style``: how the detector joins class names into a caption (:class:`PromptStyle`).
+* ``prompt_style``: how the detector joins class names into a caption (:class:`PromptStyle`);
+* ``frozen_parts()``: the parts whose output is a function of their inputs alone while they are
+  frozen, in eval mode and without filled slots (GLIP: ``image``, the backbone with its FPN;
+  ``text``, the BERT encoder). A model computes each through :meth:`DetectorBase.frozen_output`, so
+  the harness can remember their outputs in a ``frozen_work`` cache (:mod:`bench.train.frozen_cache`)
+  without knowing anything else of the model; a model that declares none is simply never cached.
 
 Slots are plain attributes that default to ``None``; with every slot empty a model computes exactly
 what its official implementation computes.
@@ -31,7 +36,7 @@ what its official implementation computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -174,6 +179,7 @@ class DetectorBase(nn.Module):
     """What every detector backend provides (see the module docstring)."""
 
     tokenizer: Any
+    frozen_work: Any = None  # a bench.train.frozen_cache.FrozenWorkCache, installed by the harness
     text_slots: int  # the most token positions of the text input (GLIP: 256); prompts and offsets are sized by it
     prompt_style: PromptStyle = GLIP_STYLE
 
@@ -198,6 +204,16 @@ class DetectorBase(nn.Module):
 
     def text_encoder(self) -> nn.Module:
         raise NotImplementedError
+
+    def frozen_parts(self) -> dict[str, nn.Module]:
+        """Named parts whose output depends on their inputs alone when frozen (see the module docstring)."""
+        return {}
+
+    def frozen_output(self, part: str, compute: Callable[..., Any], *inputs: torch.Tensor) -> Any:
+        """``compute(*inputs)`` for the frozen part ``part``, or its remembered result (``frozen_work``)."""
+        if self.frozen_work is None:
+            return compute(*inputs)
+        return self.frozen_work.output(part, compute, inputs)
 
     def base_parameter_names(self) -> list[str]:
         """Parameters of the detector itself, excluding anything installed in a slot."""

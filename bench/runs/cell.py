@@ -36,6 +36,7 @@ from bench.train.batches import TrainingPrompts
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.distributed import join_process_group
 from bench.train.evaluate import evaluate, evaluation_dataset
+from bench.train.frozen_cache import install_frozen_cache, frozen_cache_summary
 from bench.train.loop import BEST_WEIGHTS, TrainingJob, TrainingOutcome, autocast_for, train
 from bench.train.meters import PeakMemory
 from bench.train.protocol import resolve_protocol
@@ -171,6 +172,8 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     trainable = method.apply(model)
     accounts = account(model, method, trainable, text_positions=used_text_positions(train_set, model, dataset))
     model.to(device)
+    frozen_work = install_frozen_cache(model, context.frozen_cache, store.frozen_cache_dir,
+                                       int(context.frozen_cache_gib * 2**30))
 
     memory = PeakMemory(device)
     memory.reset()
@@ -211,7 +214,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
             train_steps=outcome.steps,
             wall_s=time.perf_counter() - tick,
         ),
-        provenance=provenance(device, started),
+        provenance=provenance(device, started) | {"frozen_cache": frozen_cache_summary(context.frozen_cache, frozen_work)},
     )
     store.save_result(record)
     # The result is stored: the resumable state is spent (a --force rerun must train again, not

@@ -36,6 +36,8 @@ class RunContext:
     progress: bool = True
     tokenizer: str | None = None
     allow_unsafe_checkpoint: bool = False
+    frozen_cache: str = "disk"  # bench.train.frozen_cache: off, memory (per process) or disk (shared by cells)
+    frozen_cache_gib: float = 8.0
 
     def model_inputs(self, weights: str | None) -> ModelInputs:
         """What the model of a cell with base ``weights`` is built from (see :class:`ModelInputs`)."""

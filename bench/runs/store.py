@@ -58,6 +58,9 @@ class RunStore:
         self.done_dir = self.root / "done"
         self.failed_dir = self.root / "failed"
         self.work_root = self.root / "work"
+        # Outputs of frozen detector parts shared by the cells (bench.train.frozen_cache); a cache,
+        # never a result: deleting it only costs time.
+        self.frozen_cache_dir = self.root / "cache" / "frozen"
 
     def result_path(self, key: str) -> Path:
         return self.done_dir / f"{key}.json"

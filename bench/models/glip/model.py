@@ -126,6 +126,9 @@ class GLIP(DetectorBase):
     def text_encoder(self) -> LanguageBackbone:
         return self.language_backbone
 
+    def frozen_parts(self) -> dict[str, nn.Module]:
+        return {"image": self.backbone, "text": self.language_backbone}
+
     # ----------------------------------------------------------------- stages
     def encode_text(self, prompts: Sequence[Prompt]) -> TextBatch:
         """Tokenise one caption per image and run BERT and the offset slot.
@@ -142,11 +145,14 @@ class GLIP(DetectorBase):
         tokens = tokenize_captions([p.caption for p in prompts], self.tokenizer, length)
         device = next(self.parameters()).device
         input_ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-        encoding = self.language_backbone(input_ids, mask)
-        hidden = encoding.hidden
+        hidden, mask = self.frozen_output("text", self._encode_tokens, input_ids, mask)
         if self.text_feature_offset is not None:
             hidden = self.text_feature_offset(hidden)
-        return TextBatch(input_ids, TextFeatures(hidden=hidden, mask=encoding.mask))
+        return TextBatch(input_ids, TextFeatures(hidden=hidden, mask=mask))
+
+    def _encode_tokens(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoding = self.language_backbone(input_ids, mask)
+        return encoding.hidden, encoding.mask
 
     def predict(self, features: list[torch.Tensor], text: TextFeatures) -> tuple[HeadOutputs, TextFeatures]:
         """Run the fusion tower and the prediction layers on image features and text features."""
@@ -169,7 +175,7 @@ class GLIP(DetectorBase):
         ``[N]`` (the prompt's labels).
         """
         prompts = self.per_image(prompts, images.shape[0])
-        features = self.backbone(images)
+        features = self.frozen_output("image", self.backbone, images)
         text = self.encode_text(prompts)
         prompts = self.shift_prompts(prompts)
         outputs, _ = self.predict(features, text.features)
@@ -194,7 +200,7 @@ class GLIP(DetectorBase):
     def detect(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt]) -> list[Detections]:
         """Detections over several prompt chunks (long vocabularies), merged per image
         (:func:`bench.models.base.merge_detections`)."""
-        features = self.backbone(images)
+        features = self.frozen_output("image", self.backbone, images)
         chunks = []
         for prompt in prompts:
             chunk = [prompt] * images.shape[0]
