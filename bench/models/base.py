@@ -23,6 +23,10 @@ internals or its name, so every method runs on every backend:
   shared image-text logits) and a ``token_extension`` slot whose tokens are appended before
   attention and stripped after it (:func:`extend_tokens`);
 * ``prompt_style``: how the detector joins class names into a caption (:class:`PromptStyle`);
+* ``set_activation_checkpointing(level)``: which activations are recomputed in the backward pass
+  instead of kept (:data:`CHECKPOINTING_LEVELS`: ``off``; ``official``, what the backend's official
+  training code recomputes; ``all``, everything the backend can recompute). No number changes,
+  only memory against time;
 * ``frozen_parts()``: the parts whose output is a function of their inputs alone while they are
   frozen, in eval mode and without filled slots (GLIP: ``image``, the backbone with its FPN;
   ``text``, the BERT encoder). A model computes each through :meth:`DetectorBase.frozen_output`, so
@@ -49,6 +53,10 @@ PARAMETER_GROUPS = ("vision_backbone", "neck", "text_encoder", "fusion", "head")
 
 # A batch's text length is rounded up to a multiple of this many slots (DetectorBase.text_length).
 TEXT_LENGTH_MULTIPLE = 8
+
+# Activation checkpointing (DetectorBase.set_activation_checkpointing), the protocol's
+# ``activation_checkpointing`` field.
+CHECKPOINTING_LEVELS = ("off", "official", "all")
 
 # Attribute names of extension slots; tensors below them belong to methods, not to the base model.
 SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "layer_input_hook", "text_feature_offset", "token_extension")
@@ -203,6 +211,10 @@ class DetectorBase(nn.Module):
         raise NotImplementedError
 
     def text_encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def set_activation_checkpointing(self, level: str) -> None:
+        """Recompute activations in the backward pass at ``level`` (see the module docstring)."""
         raise NotImplementedError
 
     def frozen_parts(self) -> dict[str, nn.Module]:

@@ -170,6 +170,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     if spec.tuned_values:
         method = type(method)(with_values(method.config, spec.tuned_values))
     trainable = method.apply(model)
+    model.set_activation_checkpointing(protocol.activation_checkpointing)
     accounts = account(model, method, trainable, text_positions=used_text_positions(train_set, model, dataset))
     model.to(device)
     frozen_work = install_frozen_cache(model, context.frozen_cache, store.frozen_cache_dir,

@@ -24,6 +24,7 @@ from bench.registry import Registry
 Schedule = Literal["plateau", "step", "cosine", "constant"]
 Selection = Literal["best-val", "last"]
 AmpMode = Literal["auto", "bf16", "fp16", "none"]
+Checkpointing = Literal["off", "official", "all"]  # bench.models.base.CHECKPOINTING_LEVELS as a type
 FrozenModules = Literal["eval", "train"]  # bench.train.modes.FROZEN_MODULE_MODES as a type (a test keeps them equal)
 
 # The range of every numeric field (of each item, for milestones).
@@ -63,6 +64,11 @@ class Protocol:
     names any operation that has none), for runs that must repeat bit for bit on the same hardware.
     ``frozen_modules``: ``eval`` runs dropout and stochastic depth only in modules whose own weights
     train, the same rule for every method (:mod:`bench.train.modes`); ``train`` runs them everywhere.
+    ``activation_checkpointing``: which activations the backward pass recomputes instead of keeping
+    (:meth:`DetectorBase.set_activation_checkpointing`): ``official`` what the detector's official
+    training code recomputes (GLIP: the fusion blocks), ``all`` everything the backend can (GLIP:
+    every DyHead module and Swin block), ``off`` nothing. It trades memory for time and changes no
+    number, so it is not part of a run's key unless set with ``--protocol-set``.
     ``selection``: ``best-val`` scores the weights that did best on the validation split (held out of
     the training images where a dataset's validation is its test, :mod:`bench.data.holdout`);
     ``last`` scores the final weights of a fixed budget (no early stop), as SDPT's COCO recipe does.
@@ -92,6 +98,7 @@ class Protocol:
     deterministic: bool = False
     selection: Selection = "best-val"
     frozen_modules: FrozenModules = "eval"
+    activation_checkpointing: Checkpointing = "official"
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -215,5 +222,6 @@ register_protocol(
         eval_every=25,
         terminate_patience=None,
         min_lr=0.0,
+        activation_checkpointing="off",  # glip-nano's activations are small; recomputing them only costs time
     )
 )

@@ -174,7 +174,8 @@ class VLFuse(nn.Module):
     level handling), then split back; returns ``(visual, text)`` with the same shapes.
 
     ``use_checkpoint`` (config ``dyhead.use_checkpoint``) recomputes the block in the backward pass to
-    save memory; it is active only in training with gradients enabled and changes no number.
+    save memory; it is active whenever gradients are enabled (also in eval mode, where a method such
+    as SDPT trains tokens inside the frozen block) and changes no number.
     """
 
     def __init__(self, config: GlipConfig) -> None:
@@ -199,7 +200,7 @@ class VLFuse(nn.Module):
     def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> tuple[list[torch.Tensor], TextFeatures]:
         sizes = [tuple(level.shape[-2:]) for level in visual]
         v = torch.cat([level.flatten(2).transpose(1, 2) for level in visual], dim=1)  # [B, sum(H*W), C]
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+        if self.use_checkpoint and torch.is_grad_enabled():
             v, l = checkpoint(self.b_attn, v, text.hidden, text.mask, use_reentrant=False)
         else:
             v, l = self.b_attn(v, text.hidden, text.mask)

@@ -19,7 +19,7 @@ from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
 from bench.models import MODEL_INPUT_CHECKS, MODELS, PACKAGED_WEIGHTS, ModelInputs
-from bench.models.base import DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
+from bench.models.base import CHECKPOINTING_LEVELS, DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets
 from bench.models.glip.atss_loss import atss_losses
@@ -125,6 +125,17 @@ class GLIP(DetectorBase):
 
     def text_encoder(self) -> LanguageBackbone:
         return self.language_backbone
+
+    def set_activation_checkpointing(self, level: str) -> None:
+        """``official``: the fusion blocks, as GLIP's released configurations do
+        (``MODEL.DYHEAD.USE_CHECKPOINT: True``); ``all``: every module of the DyHead tower and every
+        Swin block, one at a time."""
+        if level not in CHECKPOINTING_LEVELS:
+            raise ValueError(f"activation checkpointing must be one of {CHECKPOINTING_LEVELS}, got {level!r}")
+        tower = self.rpn.head.dyhead_tower
+        tower.set_gradient_checkpointing(level == "official")
+        tower.checkpoint_modules = level == "all"
+        self.backbone.body.set_checkpointing(level == "all")
 
     def frozen_parts(self) -> dict[str, nn.Module]:
         return {"image": self.backbone, "text": self.language_backbone}

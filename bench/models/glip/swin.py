@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from bench.models.base import VisionBlock, checked_block_prompts
@@ -252,7 +253,10 @@ class SwinStage(nn.Module):
 
     ``forward(x [B, H*W, C], H, W)`` -> ``(stage output [B, H*W, C], next input, next H, next W)``;
     the stage output is taken before merging. The shift mask is built once per stage and call.
+    ``checkpoint_blocks`` recomputes each block in the backward pass (no number changes).
     """
+
+    checkpoint_blocks = False
 
     def __init__(self, blocks: list[SwinTransformerBlock], downsample: PatchMerging | None) -> None:
         super().__init__()
@@ -266,7 +270,10 @@ class SwinStage(nn.Module):
         padded_w = -(-width // self.window) * self.window
         mask = shifted_window_mask(padded_h, padded_w, self.window, self.shift, x.device)
         for block in self.blocks:
-            x = block(x, height, width, mask)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, height, width, mask, use_reentrant=False)
+            else:
+                x = block(x, height, width, mask)
         if self.downsample is None:
             return x, x, height, width
         return x, self.downsample(x, height, width), (height + 1) // 2, (width + 1) // 2
@@ -300,6 +307,11 @@ class SwinTransformer(nn.Module):
         self.norm0 = nn.Identity()
         for i, dim in enumerate(config.stage_channels[1:], start=1):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Recompute every block in the backward pass instead of keeping its activations."""
+        for layer in self.layers:
+            layer.checkpoint_blocks = enabled
 
     def blocks(self) -> list[VisionBlock]:
         """Every block in execution order with its stage and channel width (for prompt methods)."""

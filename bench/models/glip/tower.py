@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from bench.models.glip.bert_layer import BertEncoderLayer
 from bench.models.glip.config import GlipConfig
@@ -32,11 +33,21 @@ class TowerStep:
 
 
 class DyHeadTower(nn.ModuleList):
-    """The tower's modules in official order, so their state-dict keys are ``{index}.*``."""
+    """The tower's modules in official order, so their state-dict keys are ``{index}.*``.
+
+    ``checkpoint_modules`` recomputes every module in the backward pass (activation checkpointing of
+    the whole tower, :meth:`GLIP.set_activation_checkpointing`); it changes no number.
+    """
+
+    checkpoint_modules = False
 
     def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> tuple[list[torch.Tensor], TextFeatures]:
+        recompute = self.checkpoint_modules and torch.is_grad_enabled()
         for module in self:
-            visual, text = module(visual, text)
+            if recompute:
+                visual, text = checkpoint(module, visual, text, use_reentrant=False)
+            else:
+                visual, text = module(visual, text)
         return visual, text
 
     def forward_steps(self, visual: list[torch.Tensor], text: TextFeatures) -> list[TowerStep]:

@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torchvision.ops import box_convert
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -47,7 +49,7 @@ from transformers import (
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
 from bench.models import MODEL_INPUT_CHECKS, MODELS, ModelInputs
-from bench.models.base import DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
+from bench.models.base import CHECKPOINTING_LEVELS, DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
 from bench.models.grounding_dino.extensions import add_slots
 from bench.models.grounding_dino.loss import decoder_loss, proposal_loss
@@ -147,6 +149,19 @@ class GroundingDino(DetectorBase):
 
     def text_encoder(self) -> GroundingDinoText:
         return self.language
+
+    def set_activation_checkpointing(self, level: str) -> None:
+        """``all``: the layers transformers recomputes through its ``GradientCheckpointingLayer`` (the
+        Swin stages of the image backbone and BERT's layers; the Grounding DINO decoder's own older
+        checkpointing path is left off); transformers applies it to modules in train mode only.
+        ``official`` recomputes nothing: the official Grounding DINO release has no training code to
+        follow."""
+        if level not in CHECKPOINTING_LEVELS:
+            raise ValueError(f"activation checkpointing must be one of {CHECKPOINTING_LEVELS}, got {level!r}")
+        for module in self.hf.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.gradient_checkpointing = level == "all"
+                module._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
     # ----------------------------------------------------------------- forward
     def predict(self, images: torch.Tensor, image_sizes: torch.Tensor, prompts: Sequence[Prompt],
