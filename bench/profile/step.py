@@ -5,7 +5,8 @@
 The model is built as a sweep builds it (``--weights``, or ``--random-init``), the method applied
 with its default config, the model put in training mode with the protocol's frozen-module rule
 (frozen modules in eval mode, :mod:`bench.train.modes`), AdamW built with the sweep's parameter
-groups, and the step run under the requested autocast. ``warmup`` steps come first (on a GPU the
+groups, activation checkpointing set to the request's level (else the protocol's), and the step run
+under the requested autocast. ``warmup`` steps come first (on a GPU the
 first steps pay for allocator growth, cuDNN autotuning and AdamW's moment buffers), then ``steps``
 timed steps; the median is reported. Peak memory is the CUDA allocator's peak over the timed steps,
 or on a CPU the process's peak resident set over them (:class:`bench.train.meters.PeakMemory`).
@@ -61,6 +62,7 @@ class StepRequest:
     weights: str | None = None
     tokenizer: str | None = None
     protocol: str = "glip-odinw"
+    checkpointing: str | None = None  # None: the protocol's activation_checkpointing
 
 
 class _InputsRequireGrad:
@@ -106,6 +108,7 @@ def measure_step(request: StepRequest) -> dict:
         method = build_method(request.method)
         trainable = method.apply(model)
         optimizer = build_optimizer(model, trainable, method.config, protocol)
+    model.set_activation_checkpointing(request.checkpointing or protocol.activation_checkpointing)
     model.to(device)
     set_training_modes(model, protocol.frozen_modules)
     autocast, scaler = autocast_for(device, request.amp)

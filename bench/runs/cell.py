@@ -27,11 +27,11 @@ from bench.data.fewshot import few_shot_subset
 from bench.data.holdout import DECLARED, split_off_validation
 from bench.data.prompts import fitting_chunk_size
 from bench.errors import BenchError
-from bench.models import build_model
 from bench.models.base import DetectorBase
 from bench.runs.plan import Cell, RunContext
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
 from bench.runs.store import RunStore
+from bench.runs.warm import base_model
 from bench.train.batches import TrainingPrompts
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.distributed import join_process_group
@@ -45,7 +45,6 @@ from bench.tuning.base import build_method
 from bench.tuning.search import with_values
 from bench.tuning.state import save_tuned
 
-BASE_INIT_SEED = 0  # randomly initialised bases (tests, --list-sized smoke runs) are the same for every cell
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "faster-coco-eval", "pycocotools", "lvis", "numpy")
 REPOSITORY = Path(__file__).resolve().parents[2]
 SELECTED_WEIGHTS = "selected.safetensors"  # a cell's selected tuned weights (a trial's are reused by its replicate)
@@ -158,8 +157,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
 
     train_set, val_split = training_and_validation(dataset, spec, context)
 
-    torch.manual_seed(BASE_INIT_SEED)
-    model = build_model(spec.model, context.model_inputs(spec.weights))
+    model = base_model(spec.model, context.model_inputs(spec.weights))
     dataset = with_fitting_captions(dataset, train_set, model)
     val_set = evaluation_dataset(val_split, model)
     # A tuning trial never opens the test split: its selection cannot read what it never had.
