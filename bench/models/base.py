@@ -27,6 +27,10 @@ internals or its name, so every method runs on every backend:
   instead of kept (:data:`CHECKPOINTING_LEVELS`: ``off``; ``official``, what the backend's official
   training code recomputes; ``all``, everything the backend can recompute). No number changes,
   only memory against time;
+* ``set_attention_kernel(kind)``: :data:`ATTENTION_KERNELS`: ``eager``, the official computation;
+  ``sdpa``, ``torch.nn.functional.scaled_dot_product_attention`` (and transformers' ``sdpa``
+  attention) wherever it computes the same function, i.e. no dropout acts and no official clamp can
+  bind; the numbers then differ only by float rounding;
 * ``frozen_parts()``: the parts whose output is a function of their inputs alone while they are
   frozen, in eval mode and without filled slots (GLIP: ``image``, the backbone with its FPN;
   ``text``, the BERT encoder). A model computes each through :meth:`DetectorBase.frozen_output`, so
@@ -57,6 +61,8 @@ TEXT_LENGTH_MULTIPLE = 8
 # Activation checkpointing (DetectorBase.set_activation_checkpointing), the protocol's
 # ``activation_checkpointing`` field.
 CHECKPOINTING_LEVELS = ("off", "official", "all")
+# Attention kernels (DetectorBase.set_attention_kernel), the protocol's ``attention`` field.
+ATTENTION_KERNELS = ("eager", "sdpa")
 
 # Attribute names of extension slots; tensors below them belong to methods, not to the base model.
 SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "layer_input_hook", "text_feature_offset", "token_extension")
@@ -215,6 +221,10 @@ class DetectorBase(nn.Module):
 
     def set_activation_checkpointing(self, level: str) -> None:
         """Recompute activations in the backward pass at ``level`` (see the module docstring)."""
+        raise NotImplementedError
+
+    def set_attention_kernel(self, kind: str) -> None:
+        """Compute attention with ``kind`` (see the module docstring)."""
         raise NotImplementedError
 
     def frozen_parts(self) -> dict[str, nn.Module]:

@@ -24,7 +24,7 @@ from tabulate import tabulate
 from bench.devices import check_device
 from bench.errors import BenchError
 from bench.models import MODELS, ModelInputs, check_model_inputs
-from bench.models.base import CHECKPOINTING_LEVELS
+from bench.models.base import ATTENTION_KERNELS, CHECKPOINTING_LEVELS
 from bench.profile.step import FROZEN, StepRequest
 from bench.train.protocol import PROTOCOLS
 from bench.tuning.base import METHODS
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", default="glip-odinw", help="whose frozen-module rule applies (default: glip-odinw)")
     parser.add_argument("--checkpointing", choices=CHECKPOINTING_LEVELS,
                         help="activation checkpointing (default: the protocol's activation_checkpointing)")
+    parser.add_argument("--attention", choices=("default", *ATTENTION_KERNELS),
+                        help="attention kernel (default: the protocol's attention)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     return parser
 
@@ -88,7 +90,7 @@ def requests(args: argparse.Namespace) -> list[StepRequest]:
     check_model_inputs(args.model, ModelInputs(weights, args.tokenizer))
     base = StepRequest(model=args.model, method="", height=args.size[0], width=args.size[1], amp=args.amp, device=args.device,
                        batch=args.batch, classes=args.classes, steps=args.steps, weights=weights, tokenizer=args.tokenizer,
-                       protocol=args.protocol, checkpointing=args.checkpointing)
+                       protocol=args.protocol, checkpointing=args.checkpointing, attention=args.attention)
     return [replace(base, method=name) for name in [*dict.fromkeys([*names, *REFERENCE_ROWS])]]
 
 
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = next((r for r in rows if "error" not in r), rows[0])
     checkpointing = args.checkpointing or PROTOCOLS.get(args.protocol).activation_checkpointing
     print(f"{args.model} at {args.size[0]}x{args.size[1]}, batch {args.batch}, {args.classes}-class caption, amp {args.amp}, "
-          f"activation checkpointing {checkpointing}, "
+          f"activation checkpointing {checkpointing}, attention {args.attention or PROTOCOLS.get(args.protocol).attention}, "
           f"{first.get('device_name', args.device)}; median of {args.steps} steps after a warm-up; peak memory: "
           f"{first.get('peak_memory_kind', '?')}")
     print(table(rows))

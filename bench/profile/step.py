@@ -5,7 +5,8 @@
 The model is built as a sweep builds it (``--weights``, or ``--random-init``), the method applied
 with its default config, the model put in training mode with the protocol's frozen-module rule
 (frozen modules in eval mode, :mod:`bench.train.modes`), AdamW built with the sweep's parameter
-groups, activation checkpointing set to the request's level (else the protocol's), and the step run
+groups, activation checkpointing and the attention kernel set as requested (else as the protocol
+says), and the step run
 under the requested autocast. ``warmup`` steps come first (on a GPU the
 first steps pay for allocator growth, cuDNN autotuning and AdamW's moment buffers), then ``steps``
 timed steps; the median is reported. Peak memory is the CUDA allocator's peak over the timed steps,
@@ -63,6 +64,7 @@ class StepRequest:
     tokenizer: str | None = None
     protocol: str = "glip-odinw"
     checkpointing: str | None = None  # None: the protocol's activation_checkpointing
+    attention: str | None = None  # None: the protocol's attention
 
 
 class _InputsRequireGrad:
@@ -109,6 +111,9 @@ def measure_step(request: StepRequest) -> dict:
         trainable = method.apply(model)
         optimizer = build_optimizer(model, trainable, method.config, protocol)
     model.set_activation_checkpointing(request.checkpointing or protocol.activation_checkpointing)
+    attention = request.attention or protocol.attention
+    if attention != "default":
+        model.set_attention_kernel(attention)
     model.to(device)
     set_training_modes(model, protocol.frozen_modules)
     autocast, scaler = autocast_for(device, request.amp)

@@ -169,10 +169,12 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
         method = type(method)(with_values(method.config, spec.tuned_values))
     trainable = method.apply(model)
     model.set_activation_checkpointing(protocol.activation_checkpointing)
+    if protocol.attention != "default":
+        model.set_attention_kernel(protocol.attention)
     accounts = account(model, method, trainable, text_positions=used_text_positions(train_set, model, dataset))
     model.to(device)
     frozen_work = install_frozen_cache(model, context.frozen_cache, store.frozen_cache_dir,
-                                       int(context.frozen_cache_gib * 2**30))
+                                       int(context.frozen_cache_gib * 2**30), variant=protocol.attention)
 
     memory = PeakMemory(device)
     memory.reset()

@@ -80,11 +80,11 @@ def batch_key(part: str, inputs: Sequence[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def part_namespace(module: nn.Module) -> str:
+def part_namespace(module: nn.Module, variant: str = "") -> str:
     """A hash of what else a part's output depends on: its weights and buffers (by content), the
-    source files of its module classes, and the torch version."""
+    source files of its module classes, the torch version and ``variant`` (the attention kernel)."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(torch.__version__.encode())
+    digest.update(f"{torch.__version__}|{variant}".encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
@@ -117,6 +117,7 @@ class FrozenWorkCache:
     disk_root: Path | None = None
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     disk_bytes: int = DEFAULT_DISK_BYTES
+    variant: str = ""
     counters: CacheCounters = field(default_factory=CacheCounters)
 
     def __post_init__(self) -> None:
@@ -172,7 +173,7 @@ class FrozenWorkCache:
         if self.disk_root is None:
             return None
         if part not in self._namespaces:
-            self._namespaces[part] = part_namespace(self.parts[part])
+            self._namespaces[part] = part_namespace(self.parts[part], self.variant)
         return self.disk_root / self._namespaces[part] / part / f"{key}.safetensors"
 
     def _from_disk(self, part: str, key: str) -> tuple[list[torch.Tensor], bool] | None:
@@ -231,15 +232,16 @@ def prune_disk_cache(root: Path, cap: int) -> int:
 
 
 def install_frozen_cache(model: DetectorBase, mode: FrozenCacheMode, disk_root: Path | None,
-                         disk_bytes: int = DEFAULT_DISK_BYTES) -> FrozenWorkCache | None:
+                         disk_bytes: int = DEFAULT_DISK_BYTES, variant: str = "") -> FrozenWorkCache | None:
     """Give ``model`` a :class:`FrozenWorkCache` over its declared frozen parts (``mode`` "memory":
-    this process only; "disk": shared below ``disk_root``); "off", or a model that declares no
+    this process only; "disk": shared below ``disk_root``, in a namespace that also names
+    ``variant``, whatever else changes the parts' numbers); "off", or a model that declares no
     parts, leaves it without one. Whether a part's output is looked up is decided on every call."""
     parts = model.frozen_parts()
     if mode == "off" or not parts:
         model.frozen_work = None
         return None
-    cache = FrozenWorkCache(parts, disk_root if mode == "disk" else None, disk_bytes=disk_bytes)
+    cache = FrozenWorkCache(parts, disk_root if mode == "disk" else None, disk_bytes=disk_bytes, variant=variant)
     model.frozen_work = cache
     return cache
 

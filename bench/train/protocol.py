@@ -24,6 +24,7 @@ from bench.registry import Registry
 Schedule = Literal["plateau", "step", "cosine", "constant"]
 Selection = Literal["best-val", "last"]
 AmpMode = Literal["auto", "bf16", "fp16", "none"]
+Attention = Literal["default", "eager", "sdpa"]  # "default" or bench.models.base.ATTENTION_KERNELS
 Checkpointing = Literal["off", "official", "all"]  # bench.models.base.CHECKPOINTING_LEVELS as a type
 FrozenModules = Literal["eval", "train"]  # bench.train.modes.FROZEN_MODULE_MODES as a type (a test keeps them equal)
 
@@ -69,6 +70,10 @@ class Protocol:
     training code recomputes (GLIP: the fusion blocks), ``all`` everything the backend can (GLIP:
     every DyHead module and Swin block), ``off`` nothing. It trades memory for time and changes no
     number, so it is not part of a run's key unless set with ``--protocol-set``.
+    ``attention``: ``default`` leaves each detector's attention as it is built (GLIP: the official
+    computation; Grounding DINO: as transformers builds it); ``eager`` or ``sdpa`` set it
+    (:meth:`DetectorBase.set_attention_kernel`: ``sdpa`` uses fused kernels wherever they compute the
+    same function, which changes numbers by float rounding and saves the attention maps' memory).
     ``selection``: ``best-val`` scores the weights that did best on the validation split (held out of
     the training images where a dataset's validation is its test, :mod:`bench.data.holdout`);
     ``last`` scores the final weights of a fixed budget (no early stop), as SDPT's COCO recipe does.
@@ -99,6 +104,7 @@ class Protocol:
     selection: Selection = "best-val"
     frozen_modules: FrozenModules = "eval"
     activation_checkpointing: Checkpointing = "official"
+    attention: Attention = "default"
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -36,13 +37,25 @@ class _SelfAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(dropout)
+        self.attention_kernel = "eager"  # or "sdpa" where it computes the same (GLIP.set_attention_kernel)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
 
+    def _fused_is_equivalent(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """No dropout acts and the ±clamp cannot bind: the largest possible score (query norm times key
+        norm over sqrt(head_dim), by Cauchy-Schwarz) stays inside it."""
+        if self.training and self.dropout.p > 0:
+            return False
+        largest = q.detach().float().norm(dim=-1).amax() * k.detach().float().norm(dim=-1).amax() / math.sqrt(self.head_dim)
+        return float(largest) <= BERT_CLAMP
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if self.attention_kernel == "sdpa" and self._fused_is_equivalent(q, k):
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=(mask != 0)[:, None, None, :]).permute(0, 2, 1, 3)
+            return context.reshape(x.shape[0], x.shape[1], -1)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         # [Q] clamp before the mask is added (GLIP's patched BertSelfAttention); softmax in >= fp32.
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).clamp(-BERT_CLAMP, BERT_CLAMP)

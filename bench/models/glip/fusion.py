@@ -93,6 +93,9 @@ class BiMultiHeadAttention(nn.Module):
         self.out_v_proj = nn.Linear(embed_dim, v_dim)
         self.out_l_proj = nn.Linear(embed_dim, l_dim)
         self.token_extension: TokenExtension | None = None
+        # "eager": the official computation; "sdpa": fused kernels wherever they compute the same
+        # (see _fused_is_equivalent), set by GLIP.set_attention_kernel.
+        self.attention_kernel = "eager"
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, L, E]`` -> ``[B * heads, L, head_dim]`` (the official head layout)."""
@@ -107,6 +110,51 @@ class BiMultiHeadAttention(nn.Module):
         """``(v_proj, l_proj)``: the image-query and text-key projections (:class:`bench.models.base.FusionLayer`)."""
         return self.v_proj, self.l_proj
 
+    def _official_attention(self, query: torch.Tensor, key: torch.Tensor, value_v: torch.Tensor, value_l: torch.Tensor,
+                            text_mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both updates ``[B*h, N_v, d]``, ``[B*h, T, d]`` as the official code computes them: one logit
+        map, clamped, softmaxed both ways in at least float32."""
+        logits = _at_least_fp32(torch.bmm(query, key.transpose(1, 2)))  # [B*h, N_v, T]
+        logits = clamp_where_binding(logits, self.clamp)
+
+        # Text -> image: softmax over ALL image positions of the max-subtracted logits; no mask on
+        # this side, so padded tokens are updated too (microsoft/GLIP, maskrcnn_benchmark/utils/fuse_helper.py,
+        # BiMultiHeadAttention.forward).
+        logits_t = logits.transpose(1, 2)
+        logits_t = clamp_where_binding(subtract_row_max(logits_t), self.clamp)
+        probs_l = logits_t.softmax(dim=-1)
+
+        # Image -> text: padded tokens get -9e15 and real ones +1, which softmax ignores; kept as the
+        # official code adds it (same function).
+        token_bias = torch.where(text_mask == 0, MASKED_TOKEN_LOGIT, 1.0).to(logits.dtype)
+        logits_v = logits.view(batch, self.num_heads, query.shape[1], key.shape[1]) + token_bias[:, None, None, :]
+        probs_v = logits_v.view(batch * self.num_heads, query.shape[1], key.shape[1]).softmax(dim=-1)
+
+        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
+        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        return torch.bmm(probs_v.to(value_l.dtype), value_l), torch.bmm(probs_l.to(value_v.dtype), value_v)
+
+    def _fused_is_equivalent(self, query: torch.Tensor, key: torch.Tensor) -> bool:
+        """Whether fused kernels compute what :meth:`_official_attention` does: no dropout acts, and
+        neither clamp can bind, which holds when twice the largest possible logit (the product of the
+        largest query and key norms, by Cauchy-Schwarz) stays inside the bound."""
+        if self.training and self.dropout > 0:
+            return False
+        largest = query.detach().float().norm(dim=-1).amax() * key.detach().float().norm(dim=-1).amax()
+        return 2 * float(largest) <= self.clamp
+
+    def _fused_attention(self, query: torch.Tensor, key: torch.Tensor, value_v: torch.Tensor, value_l: torch.Tensor,
+                         text_mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same two updates with ``F.scaled_dot_product_attention``, once per direction (its fused
+        kernels never hold the ``[B*h, N_v, T]`` maps); padded tokens are masked out of the image side."""
+        heads, dim = self.num_heads, self.head_dim
+        q = query.view(batch, heads, -1, dim)
+        k = key.view(batch, heads, -1, dim)
+        real_tokens = (text_mask != 0)[:, None, None, :]
+        out_v = F.scaled_dot_product_attention(q, k, value_l.view(batch, heads, -1, dim), attn_mask=real_tokens, scale=1.0)
+        out_l = F.scaled_dot_product_attention(k, q, value_v.view(batch, heads, -1, dim), scale=1.0)
+        return out_v.reshape(batch * heads, -1, dim), out_l.reshape(batch * heads, -1, dim)
+
     def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_v, n_l = v.shape[1], l.shape[1]
         if self.token_extension is not None:
@@ -118,25 +166,11 @@ class BiMultiHeadAttention(nn.Module):
         value_v = self._split_heads(self.values_v_proj(v))
         value_l = self._split_heads(self.values_l_proj(l))
 
-        logits = _at_least_fp32(torch.bmm(query, key.transpose(1, 2)))  # [B*h, N_v, T]
-        logits = clamp_where_binding(logits, self.clamp)
-
-        # Text -> image: softmax over ALL image positions of the max-subtracted logits; no mask on
-        # this side, so padded tokens are updated too (reference/glip.md §3 step 3) [Q].
-        logits_t = logits.transpose(1, 2)
-        logits_t = clamp_where_binding(subtract_row_max(logits_t), self.clamp)
-        probs_l = logits_t.softmax(dim=-1)
-
-        # Image -> text: padded tokens get -9e15 and real ones +1, which softmax ignores; kept as the
-        # official code adds it (reference/glip.md §3 step 4) [Q].
-        token_bias = torch.where(text_mask == 0, MASKED_TOKEN_LOGIT, 1.0).to(logits.dtype)
-        logits_v = logits.view(batch, self.num_heads, tgt_len, src_len) + token_bias[:, None, None, :]
-        probs_v = logits_v.view(batch * self.num_heads, tgt_len, src_len).softmax(dim=-1)
-
-        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
-        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
-        out_v = self._merge_heads(torch.bmm(probs_v.to(value_l.dtype), value_l), batch)
-        out_l = self._merge_heads(torch.bmm(probs_l.to(value_v.dtype), value_v), batch)
+        if self.attention_kernel == "sdpa" and self._fused_is_equivalent(query, key):
+            out_v, out_l = self._fused_attention(query, key, value_v, value_l, text_mask, batch)
+        else:
+            out_v, out_l = self._official_attention(query, key, value_v, value_l, text_mask, batch)
+        out_v, out_l = self._merge_heads(out_v, batch), self._merge_heads(out_l, batch)
         if tgt_len != n_v or src_len != n_l:  # strip the extension's rows (per-row ops from here on)
             out_v, out_l = out_v[:, :n_v], out_l[:, :n_l]
         return self.out_v_proj(out_v), self.out_l_proj(out_l)

@@ -41,7 +41,8 @@ class LanguageBackbone(BertTextSlots):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         bert_config = BertConfig(**config.bert)
-        bert_config._attn_implementation = "eager"  # GLIP's numerics; sdpa differs in the last bits
+        # GLIP's numerics; "sdpa" (GLIP.set_attention_kernel) differs in the last bits
+        bert_config._attn_implementation = "eager"
         self.body = nn.Module()
         self.body.model = BertModel(bert_config, add_pooling_layer=False)
         self.attach_layer_hooks()

@@ -19,7 +19,7 @@ from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
 from bench.models import MODEL_INPUT_CHECKS, MODELS, PACKAGED_WEIGHTS, ModelInputs
-from bench.models.base import CHECKPOINTING_LEVELS, DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
+from bench.models.base import ATTENTION_KERNELS, CHECKPOINTING_LEVELS, DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets
 from bench.models.glip.atss_loss import atss_losses
@@ -136,6 +136,16 @@ class GLIP(DetectorBase):
         tower.set_gradient_checkpointing(level == "official")
         tower.checkpoint_modules = level == "all"
         self.backbone.body.set_checkpointing(level == "all")
+
+    def set_attention_kernel(self, kind: str) -> None:
+        """``sdpa``: fused kernels in the fusion layers, the tower's BERT layers and the BERT encoder
+        (transformers' ``sdpa`` attention), each where it computes what the official code does."""
+        if kind not in ATTENTION_KERNELS:
+            raise ValueError(f"the attention kernel must be one of {ATTENTION_KERNELS}, got {kind!r}")
+        self.language_backbone.bert.config._attn_implementation = kind
+        for module in self.rpn.head.dyhead_tower.modules():
+            if hasattr(module, "attention_kernel"):
+                module.attention_kernel = kind
 
     def frozen_parts(self) -> dict[str, nn.Module]:
         return {"image": self.backbone, "text": self.language_backbone}

@@ -1,6 +1,6 @@
 """Check this GLIP against tensors produced by the official GLIP code.
 
-    python -m bench.models.glip.parity FIXTURE_DIR
+    python -m bench.models.glip.parity FIXTURE_DIR [--attention sdpa]
 
 A fixture directory (format: tests/fixtures/README.md) holds an official-format checkpoint of some
 configuration (``reduced_config.json``, ``bert_local/``), input images, and the official outputs of
@@ -12,7 +12,8 @@ with status 0 only if every line passes.
 As the fixture notes advise, the model is fed the official padded batch (``input.images_padded``),
 so that differences between resize libraries show up only in the pre-processing lines. Its text is
 padded to all text slots as the official run's was (``GLIP.pad_text_to_slots``), so that the text
-tensors compare slot for slot.
+tensors compare slot for slot. ``--attention sdpa`` checks the fused attention kernels
+(:meth:`GLIP.set_attention_kernel`) against the same official tensors and tolerances.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 
 from bench.data.prompts import PromptClass, build_prompt
+from bench.models.base import ATTENTION_KERNELS
 from bench.data.transforms import boxes_to_original, eval_transform, pad_batch
 from bench.errors import BenchError
 from bench.models.glip.anchors import grid_anchors
@@ -245,11 +247,12 @@ def check_train(fixture: Fixture, model: GLIP, prompt) -> Iterator[StageResult]:
     model.eval()
 
 
-def run_parity(directory: str | Path) -> list[StageResult]:
-    """Every comparison for one fixture directory, in pipeline order."""
+def run_parity(directory: str | Path, attention: str = "eager") -> list[StageResult]:
+    """Every comparison for one fixture directory, in pipeline order, with ``attention`` kernels."""
     fixture = Fixture(directory)
     model = GLIP(fixture.config, fixture.tokenizer)
     load_official_checkpoint(model, fixture.checkpoint)
+    model.set_attention_kernel(attention)
     model.pad_text_to_slots = True
     model.eval()
     prompt = fixture_prompt(fixture)
@@ -262,9 +265,11 @@ def run_parity(directory: str | Path) -> list[StageResult]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.models.glip.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("fixture_dir", type=Path, help="a parity fixture directory (e.g. tests/fixtures/glip_parity_A)")
+    parser.add_argument("--attention", choices=ATTENTION_KERNELS, default="eager",
+                        help="attention kernels to check (default: eager, the official computation)")
     args = parser.parse_args(argv)
     try:
-        results = run_parity(args.fixture_dir)
+        results = run_parity(args.fixture_dir, args.attention)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

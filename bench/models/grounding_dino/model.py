@@ -49,7 +49,7 @@ from transformers import (
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
 from bench.models import MODEL_INPUT_CHECKS, MODELS, ModelInputs
-from bench.models.base import CHECKPOINTING_LEVELS, DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
+from bench.models.base import ATTENTION_KERNELS, CHECKPOINTING_LEVELS, DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
 from bench.models.grounding_dino.extensions import add_slots
 from bench.models.grounding_dino.loss import decoder_loss, proposal_loss
@@ -149,6 +149,21 @@ class GroundingDino(DetectorBase):
 
     def text_encoder(self) -> GroundingDinoText:
         return self.language
+
+    def set_attention_kernel(self, kind: str) -> None:
+        """Only ``sdpa``, what transformers builds: its BERT text encoder already uses fused attention,
+        and Grounding DINO's deformable and fusion attention have no fused form. ``eager`` is refused:
+        transformers' eager BERT attention treats Grounding DINO's 4-D sub-sentence text mask
+        differently (detection scores of the tiny test model moved by up to 1e-3, far beyond float
+        rounding), so it is not the same function."""
+        if kind not in ATTENTION_KERNELS:
+            raise ValueError(f"the attention kernel must be one of {ATTENTION_KERNELS}, got {kind!r}")
+        if kind != "sdpa":
+            raise BenchError(
+                "Grounding DINO computes attention only as transformers builds it (sdpa in its text encoder); "
+                f"attention={kind!r} would change how its sub-sentence text mask applies. Leave the protocol's "
+                "attention at default (or set sdpa)."
+            )
 
     def set_activation_checkpointing(self, level: str) -> None:
         """``all``: the layers transformers recomputes through its ``GradientCheckpointingLayer`` (the
