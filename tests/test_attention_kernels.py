@@ -92,3 +92,16 @@ def test_grounding_dino_keeps_transformers_attention_and_refuses_eager(grounding
 
 def test_protocols_offer_default_and_the_kernels():
     assert get_args(Attention) == ("default", *ATTENTION_KERNELS)
+
+
+def test_a_sweep_asking_grounding_dino_for_eager_attention_is_refused_before_any_cell():
+    from bench.runs.plan import SweepRequest, validate_request
+
+    request = SweepRequest(model="grounding-dino-t", methods=["sdpt"], datasets=["shapes-colours"],
+                           protocol="shapes", protocol_overrides={"attention": "eager"})
+    with pytest.raises(BenchError, match="attention=sdpa"):
+        validate_request(request)
+    validate_request(SweepRequest(model="grounding-dino-t", methods=["sdpt"], datasets=["shapes-colours"],
+                                  protocol="shapes", protocol_overrides={"attention": "sdpa"}))
+    validate_request(SweepRequest(model="glip-t", methods=["sdpt"], datasets=["shapes-colours"],
+                                  protocol="shapes", protocol_overrides={"attention": "eager"}))

@@ -16,6 +16,9 @@ MODELS: Registry = Registry("model")
 MODEL_INPUT_CHECKS: Registry = Registry("model")
 # Weights shipped with the project, used when a sweep names no --weights (model name -> file).
 PACKAGED_WEIGHTS: dict[str, Path] = {}
+# The attention kernels a model can be set to (DetectorBase.set_attention_kernel), where not all of
+# bench.models.base.ATTENTION_KERNELS (model name -> kernels), so a sweep refuses others before any cell.
+ATTENTION_KERNELS_OF: dict[str, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True)

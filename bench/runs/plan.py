@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
 from bench.data.holdout import DECLARED, HELD_OUT, validation_is_test
 from bench.errors import BenchError
-from bench.models import MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
+from bench.models import ATTENTION_KERNELS_OF, MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
 from bench.runs.record import RunSpec, shots_label
 from bench.runs.store import RunStore
@@ -89,7 +89,12 @@ def validate_request(request: SweepRequest) -> None:
     for shots in request.shots:
         if shots is not None and shots < 1:
             raise BenchError(f"Shots must be positive integers or 'full'; got {shots}.")
-        resolve_protocol(request.protocol, shots_label(shots), request.protocol_overrides)
+        protocol = resolve_protocol(request.protocol, shots_label(shots), request.protocol_overrides)
+        kernels = ATTENTION_KERNELS_OF.get(request.model)
+        if protocol.attention != "default" and kernels is not None and protocol.attention not in kernels:
+            raise BenchError(f"{request.model} computes attention only as {', '.join(kernels)}, not as "
+                             f"attention={protocol.attention!r} (see DetectorBase.set_attention_kernel); leave the "
+                             f"protocol's attention at default or use --protocol-set attention={kernels[0]}.")
 
 
 def held_out_validation(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext,

@@ -48,7 +48,7 @@ from transformers import (
 
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
-from bench.models import MODEL_INPUT_CHECKS, MODELS, ModelInputs
+from bench.models import ATTENTION_KERNELS_OF, MODEL_INPUT_CHECKS, MODELS, ModelInputs
 from bench.models.base import ATTENTION_KERNELS, CHECKPOINTING_LEVELS, DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
 from bench.models.grounding_dino.extensions import add_slots
@@ -363,3 +363,4 @@ for _name, _description in DESCRIPTIONS.items():
     _family, _size = _name.rsplit("-", 1)
     MODELS.add(_name, partial(load_grounding_dino, _family, _size), f"{_description}; --weights DIR")
     MODEL_INPUT_CHECKS.add(_name, partial(check_grounding_dino_inputs, _family, _size))
+    ATTENTION_KERNELS_OF[_name] = ("sdpa",)
