@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--processes-per-job", type=int, help="data-parallel processes per array task (default: one per GPU)")
     slurm.add_argument("--cpus-per-job", type=int, default=4, help="CPUs per process of an array task (default: 4)")
     slurm.add_argument("--time-limit", type=int, default=240, help="minutes per task before SLURM stops and requeues it (default: 240)")
+    slurm.add_argument("--cells-per-task", type=int, default=1, metavar="N",
+                       help="cells run one after another by each array task, sharing its built model and caches "
+                            "(default: 1; --time-limit must cover N cells)")
     slurm.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (default: 32)")
     slurm.add_argument("--sbatch", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                        help="extra sbatch option, e.g. account=proj or qos=high (repeatable)")
@@ -308,6 +311,7 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
         partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
         cpus_per_job=args.cpus_per_job,
         time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
+        cells_per_task=args.cells_per_task,
     )
     return run_slurm(cells, context, options)
 
@@ -315,6 +319,8 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise BenchError(f"--jobs {args.jobs}: the number of cells run at once must be at least 1.")
+    if args.cells_per_task < 1:
+        raise BenchError(f"--cells-per-task {args.cells_per_task}: each SLURM array task must run at least 1 cell.")
     if not args.frozen_cache_gib >= 0:
         raise BenchError(f"--frozen-cache-gib {args.frozen_cache_gib}: the cache's disk space must be 0 or more GiB "
                          "(0 keeps nothing on disk; --frozen-cache off or memory keeps nothing there either).")

@@ -146,6 +146,7 @@ OPTION_CASES = [
     pytest.param(["--device", "gpu"], ["'gpu'", "cpu", "cuda"], id="device-gpu"),
     pytest.param(["--model", "glip-t"], ["glip-t", "--weights", "--random-init"], id="glip-t-without-weights"),
     pytest.param(["--jobs", "0"], ["--jobs 0", "at least 1"], id="jobs-0"),
+    pytest.param(["--cells-per-task", "0"], ["--cells-per-task 0", "at least 1 cell"], id="cells-per-task-0"),
     pytest.param(["--frozen-cache-gib", "-1"], ["--frozen-cache-gib -1.0", "0 or more GiB"], id="frozen-cache-negative"),
     pytest.param(["--protocol-set", "attention=fast"], ["attention", "'fast'", "'sdpa'"], id="protocol-attention"),
     pytest.param(["--protocol-set", "activation_checkpointing=some"], ["activation_checkpointing", "'official'"],

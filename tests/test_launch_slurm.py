@@ -179,6 +179,22 @@ def test_the_records_equal_those_of_the_local_executor(sweep):
     assert here.keys() == there.keys() and all(torch.equal(here[n], there[n]) for n in here)
 
 
+@on_the_cluster
+def test_packed_cells_run_in_one_task_and_equal_the_local_records(slurm_cluster, tiny_data, tmp_path, sweep):
+    """--cells-per-task 2: both cells run one after another in one array task (one process, one
+    model build) and give the records the local executor gave for the same keys."""
+    request = tiny_request(["bitfit", "zero-shot"], [DATASET], protocol_overrides=PROTOCOL)
+    on_slurm = context_in(tmp_path, tiny_data)
+    cells = plan_cells(request, on_slurm)
+    outcome = run_slurm(cells, on_slurm, SlurmOptions(**{**options(slurm_cluster).__dict__, "cells_per_task": 2}))
+    assert sorted(outcome.finished) == sorted(c.key for c in cells) and not outcome.failed
+    jobs = {job_of(attempt) for cell in cells for attempt in read_attempts(on_slurm.store, cell.key)}
+    assert len(jobs) == 1 and next(iter(jobs)).endswith("_0")
+    local = {r.key: r for r in sweep.here.store.load_records()[0]}
+    for record in on_slurm.store.load_records()[0]:
+        assert same_scores(record.val, local[record.key].val) and same_scores(record.test, local[record.key].test)
+
+
 # ------------------------------------------------------------------------- interrupted tasks
 def slurm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)

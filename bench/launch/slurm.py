@@ -1,7 +1,9 @@
 """The SLURM executor: the missing cells of a sweep as one job array, submitted with submitit.
 
-Each array task runs one cell (:class:`CellTask`) with the same code as the local executor, so its
-only output is the cell's record in the run store (or its failure file). The launcher never trusts
+Each array task runs one cell, or ``cells_per_task`` cells one after another (:class:`CellTask`),
+with the same code as the local executor, so its only output is each cell's record in the run store
+(or its failure file). Cells packed into one task share its process: the base detector is built and
+loaded once (:mod:`bench.runs.warm`), and frozen-part outputs stay in its memory cache. The launcher never trusts
 what a job returns: when every task has ended it reads the store, and a cell counts as finished
 exactly when its result file is there.
 
@@ -58,7 +60,8 @@ class SlurmOptions:
     ``processes_per_job``: data-parallel processes training the cell together (None: one per GPU;
     on CPU they use gloo), each with ``cpus_per_job`` CPUs; ``extra`` holds further sbatch options
     by name (``{"account": "proj", "qos": "high"}``); ``poll_s`` is how often the launcher looks
-    at the queue while it waits."""
+    at the queue while it waits; ``cells_per_task``: cells run one after another by each array task
+    (its time limit must cover them all)."""
 
     partition: str | None = None
     gpus_per_job: int = 1
@@ -68,47 +71,57 @@ class SlurmOptions:
     array_parallelism: int = 32
     extra: Mapping[str, Any] = field(default_factory=dict)
     poll_s: float = 15.0
+    cells_per_task: int = 1
 
 
 class CellTask:
-    """One array task: run ``cell`` and record its result or failure in the store.
+    """One array task: run its ``cells`` one after another and record each result or failure in the store.
 
     submitit pickles this object into the job folder. On preemption or time-out it calls
-    :meth:`checkpoint`, which returns the task unchanged: the training state needs no saving here,
-    because the loop checkpoints into the cell's work folder as it goes and ``run_cell`` resumes
-    from there.
+    :meth:`checkpoint`, which hands back the task with the cells it has already settled: the training
+    state needs no saving here, because the loop checkpoints into the cell's work folder as it goes
+    and ``run_cell`` resumes from there, and the requeued task goes on with the first cell it has not
+    settled.
     """
 
-    def __init__(self, cell: Cell, context: RunContext) -> None:
-        self.cell = cell
+    def __init__(self, cells: Sequence[Cell], context: RunContext) -> None:
+        self.cells = list(cells)
         self.context = context
+        self.settled: set[str] = set()  # keys this task finished or recorded a failure for
 
     def __call__(self) -> str | None:
-        """The error text of a failed cell, or None; for the job's log only (the store is the truth).
+        """The error texts of failed cells, or None; for the job's log only (the store is the truth).
 
         With several tasks per job (``--gpus-per-job`` above 1: one process per GPU), the tasks
-        export the ``torch.distributed`` variables from submitit's job environment and train the cell
+        export the ``torch.distributed`` variables from submitit's job environment and train each cell
         together (:mod:`bench.train.distributed`); LOCAL_RANK picks each one's GPU.
         """
         import submitit
 
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        self._note_attempt()
-        failure = run_cell_recording_failure(self.cell, self.context)
-        return None if failure is None else failure[0]
+        errors = []
+        for cell in self.cells:
+            if cell.key in self.settled:
+                continue
+            self._note_attempt(cell)
+            failure = run_cell_recording_failure(cell, self.context)
+            self.settled.add(cell.key)
+            if failure is not None:
+                errors.append(f"{cell_label(cell)}: {failure[0]}")
+        return "; ".join(errors) or None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
 
-    def _note_attempt(self) -> None:
+    def _note_attempt(self, cell: Cell) -> None:
         import torch
 
         from bench.train.checkpoint import CHECKPOINT
 
-        work = self.context.store.work_dir(self.cell.key)
+        work = self.context.store.work_dir(cell.key)
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
         start = "resumes from its checkpoint" if (work / CHECKPOINT).is_file() else "starts from scratch"
@@ -118,6 +131,12 @@ class CellTask:
                 f"({torch.get_num_threads()} CPU threads, {process}) {start}\n")
         with open(work / ATTEMPTS_LOG, "a") as log:
             log.write(line)
+
+
+def packed(cells: Sequence[Cell], per_task: int) -> list[list[Cell]]:
+    """``cells`` in consecutive groups of ``per_task``, one group per array task (a sweep's cells
+    come method by method, so a group mostly shares one method and dataset)."""
+    return [list(cells[i:i + per_task]) for i in range(0, len(cells), per_task)]
 
 
 def read_attempts(store: RunStore, key: str) -> list[str]:
@@ -290,12 +309,13 @@ def _job_reason(job) -> str:
     return f"SLURM task {job.job_id} ended {state} without a result (log: {job.paths.stderr})"
 
 
-def _submit(executor, cells: Sequence[Cell], context: RunContext) -> list:
+def _submit(executor, tasks: Sequence[Sequence[Cell]], context: RunContext) -> list:
     import submitit
 
+    cells = [cell for task in tasks for cell in task]
     try:
         with executor.batch():
-            jobs = [executor.submit(CellTask(cell, context)) for cell in cells]
+            jobs = [executor.submit(CellTask(task, context)) for task in tasks]
     except submitit.core.utils.FailedJobError as err:
         raise BenchError(
             f"sbatch refused the job array of {len(cells)} cell(s): {_last_line(str(err)) or err}. Check --partition, "
@@ -309,7 +329,7 @@ def _wait(jobs: Sequence, options: SlurmOptions, progress: bool) -> None:
     """Return when every task has left the queue (or written its submitit result)."""
     pending = {job.job_id: job for job in jobs}
     warned = False
-    with tqdm(total=len(jobs), desc="slurm", unit="cell", disable=not progress) as bar:
+    with tqdm(total=len(jobs), desc="slurm", unit="task", disable=not progress) as bar:
         while pending:
             queued = _queued_tasks(list(pending))
             if queued is None and not warned:
@@ -323,10 +343,11 @@ def _wait(jobs: Sequence, options: SlurmOptions, progress: bool) -> None:
                 time.sleep(options.poll_s)
 
 
-def _settle(cells: Sequence[Cell], jobs: Sequence, store: RunStore, before: _Before) -> tuple[SweepOutcome, dict[str, str]]:
+def _settle(tasks: Sequence[Sequence[Cell]], jobs: Sequence, store: RunStore,
+            before: _Before) -> tuple[SweepOutcome, dict[str, str]]:
     """Finished and failed cells of one round, and the cells to retry (killed from outside) with why."""
     outcome, retry = SweepOutcome(), {}
-    for cell, job in zip(cells, jobs):
+    for cell, job in ((cell, job) for task, job in zip(tasks, jobs) for cell in task):
         finished = _new_result(store, cell.key, before)
         failure = _new_failure(store, cell.key, before)
         job_outcome, _ = _job_outcome(job)
@@ -381,11 +402,13 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
     outcome, todo, reasons = SweepOutcome(), list(cells), {}
     for round_ in range(1 + RETRY_ROUNDS):
         before = _Before.take(store, todo)
-        jobs = _submit(executor, todo, job_context)
+        tasks = packed(todo, options.cells_per_task)
+        jobs = _submit(executor, tasks, job_context)
         arrays = sorted({job.job_id.split("_")[0] for job in jobs})
         what = "Resubmitted" if round_ else "Submitted"
-        print(f"{what} {len(jobs)} cell(s) as SLURM job {', '.join(arrays)} "
-              f"(at most {min(len(jobs), options.array_parallelism)} at once); logs in {folder}/{arrays[0]}*")
+        packing = f" in {len(jobs)} task(s) of up to {options.cells_per_task} cells" if options.cells_per_task > 1 else ""
+        print(f"{what} {len(todo)} cell(s){packing} as SLURM job {', '.join(arrays)} "
+              f"(at most {min(len(jobs), options.array_parallelism)} tasks at once); logs in {folder}/{arrays[0]}*")
         try:
             _wait(jobs, options, context.progress)
         except KeyboardInterrupt:
@@ -393,7 +416,7 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
                   f"`scancel {' '.join(arrays)}` stops it. Do not start this sweep again before it has ended: "
                   "two runs of one cell would share its checkpoint.", file=sys.stderr)
             raise
-        settled, retry = _settle(todo, jobs, store, before)
+        settled, retry = _settle(tasks, jobs, store, before)
         outcome = outcome.merge(settled)
         reasons.update(retry)
         todo = [cell for cell in todo if cell.key in retry]
