@@ -25,6 +25,7 @@ from bench.data.check import LEVELS, check_datasets
 from bench.devices import check_device
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
+from bench.launch import EXECUTORS
 from bench.launch.local import SweepOutcome
 from bench.models import MODELS
 from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_sweep, plan_summary
@@ -36,7 +37,6 @@ from bench.train.protocol import PROTOCOLS
 from bench.tuning.listing import describe_methods
 from bench.tuning.search import parse_tuned_fields
 
-EXECUTORS = ("local", "slurm")
 # The default benchmark's methods: one of each family (none, head only, text prompts, image prompts,
 # coupled prompts, fusion-space prototypes, low-rank updates, everything).
 DEFAULT_METHODS = ("zero-shot", "linear-probe", "glip-prompt", "coop", "vpt", "maple", "sdpt", "lora", "full")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(README: \"Your own COCO-format dataset\")")
     where.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
     how = parser.add_argument_group("how to run")
-    how.add_argument("--executor", choices=EXECUTORS, default="local", help="run here, or as a SLURM job array (default: local)")
+    how.add_argument("--executor", choices=EXECUTORS.names(), default="local", help="run here, or as a SLURM job array (default: local)")
     how.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     how.add_argument("--workers", type=int, default=0, help="data-loader worker processes per run (default: 0)")
     how.add_argument("--jobs", type=int, default=1,
@@ -206,6 +206,7 @@ def print_catalog(catalog: Catalog, verbose: bool = False) -> None:
     sections = [
         ("Models", [(e.name, e.description) for e in MODELS]),
         ("Protocols", [(e.name, e.description) for e in PROTOCOLS]),
+        ("Executors", [(e.name, e.description) for e in EXECUTORS]),
         ("Suites", [(s.obj.name, f"v{s.obj.version}  {len(s.obj.datasets):>2} datasets, {s.obj.aggregation}  {s.obj.description}")
                     for s in catalog.suites]),
         ("Datasets", [(d.obj.name, f"v{d.obj.version}  {d.obj.evaluator:<5} {'synthetic' if d.obj.is_synthetic else 'on disk':<9}  {d.obj.description}")
@@ -298,22 +299,10 @@ def print_dry_run_summary(cells: Sequence[Cell], todo: Sequence[Cell], context: 
 
 
 def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> SweepOutcome:
-    """Run ``cells`` on the chosen executor; what finished and what failed."""
+    """Run ``cells`` on the chosen executor (:data:`bench.launch.EXECUTORS`); what finished and what failed."""
     if not cells:
         return SweepOutcome()
-    if args.executor == "local":
-        from bench.launch.local import run_local
-
-        return run_local(cells, context, jobs=args.jobs)
-    from bench.launch.slurm import SlurmOptions, run_slurm
-
-    options = SlurmOptions(
-        partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
-        cpus_per_job=args.cpus_per_job,
-        time_limit_min=args.time_limit, array_parallelism=args.array_parallelism, extra=dict(args.sbatch),
-        cells_per_task=args.cells_per_task,
-    )
-    return run_slurm(cells, context, options)
+    return EXECUTORS.get(args.executor)(cells, context, args)
 
 
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:

@@ -35,3 +35,19 @@ def test_run_bench_script_help():
     result = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0
     assert "--data-root" in result.stdout and "--list" in result.stdout
+
+
+def test_executors_are_reached_through_their_registry(monkeypatch):
+    """``--executor NAME`` runs whatever ``bench.launch.EXECUTORS`` holds under NAME."""
+    import argparse
+
+    from bench.cli import execute
+    from bench.launch import EXECUTORS
+    from bench.launch.local import SweepOutcome
+
+    assert EXECUTORS.names() == ["local", "slurm"]
+    calls = []
+    monkeypatch.setitem(EXECUTORS._entries, "slurm", EXECUTORS.entry("slurm").__class__(
+        "slurm", lambda cells, context, args: calls.append((cells, args.executor)) or SweepOutcome(finished=["k"]), ""))
+    outcome = execute(["cell"], context=None, args=argparse.Namespace(executor="slurm"))
+    assert calls == [(["cell"], "slurm")] and outcome.finished == ["k"]

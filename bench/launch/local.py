@@ -19,6 +19,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from bench.launch import EXECUTORS
 from bench.runs.failure import is_transient
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
@@ -112,3 +113,11 @@ def run_local(cells: Sequence[Cell], context: RunContext, jobs: int = 1) -> Swee
         finally:
             bar.close()
     return outcome
+
+
+def run_from_arguments(cells: Sequence[Cell], context: RunContext, args) -> SweepOutcome:
+    """The ``local`` executor as the command line calls it (``--jobs``)."""
+    return run_local(cells, context, jobs=args.jobs)
+
+
+EXECUTORS.add("local", run_from_arguments, "this machine: --jobs cells at once, each in its own process")

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError
+from bench.launch import EXECUTORS
 from bench.launch.local import SweepOutcome, cell_label, finished_line, run_cell_recording_failure
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
@@ -435,3 +436,16 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
             resumable = " (a rerun resumes it)" if cell.key in outcome.transient else ""
             print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}{resumable}", file=sys.stderr)
     return outcome
+
+
+def run_from_arguments(cells: Sequence[Cell], context: RunContext, args) -> SweepOutcome:
+    """The ``slurm`` executor as the command line calls it (the SLURM options of ``run_bench.py``)."""
+    options = SlurmOptions(
+        partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
+        cpus_per_job=args.cpus_per_job, time_limit_min=args.time_limit, array_parallelism=args.array_parallelism,
+        extra=dict(args.sbatch), cells_per_task=args.cells_per_task,
+    )
+    return run_slurm(cells, context, options)
+
+
+EXECUTORS.add("slurm", run_from_arguments, "a SLURM job array submitted with submitit, one or --cells-per-task cells per task")
