@@ -1,4 +1,5 @@
-"""GLIP's own prompt tuning (``language_prompt_v2``, reference/glip.md §5.4).
+"""GLIP's own prompt tuning (``language_prompt_v2``: microsoft/GLIP tools/finetune.py,
+``tuning_highlevel_override``; ``tunable_linear`` in ``VLDyHeadModule``, maskrcnn_benchmark/modeling/rpn/vldyhead.py).
 
 A zero-initialised matrix whose row ``t`` is added to the text feature of token slot ``t`` before the
 fusion tower; everything else stays frozen. With a fixed caption each slot belongs to one class, so

@@ -1,4 +1,5 @@
-"""SDPT: synchronous dual prompt tuning in the fusion space (ECCV 2024; reference/sdpt.md §2).
+"""SDPT: synchronous dual prompt tuning in the fusion space (ECCV 2024, arXiv:2407.11414; official code:
+wuyongjianCODE/SDPT maskrcnn_benchmark/utils/fuse_helper.py, ``get_inverse`` and ``BiMultiHeadAttention``).
 
 Per chosen fusion layer a learnable matrix of "unified prototype tokens" ``T`` ``[K, E]`` lives in the
 layer's image-text attention space (``E`` = the output width of its image-query projection; 2048 in
@@ -11,9 +12,10 @@ GLIP, ``vision_proj`` / ``text_proj`` in Grounding DINO)::
 and appended after the layer-normalised image and text tokens (the fusion layer's
 ``token_extension`` slot attends over the extended sequences and strips the K rows again). Since
 ``W`` is tall, ``v_proj(P_v) = Π_v (T - b_v) + b_v`` with ``Π_v`` the projector onto col(W_v), not
-``T`` itself (sdpt.md §2.4).
+``T`` itself (official ``get_inverse`` in wuyongjianCODE/SDPT maskrcnn_benchmark/utils/fuse_helper.py).
 
-Differences from the official code, all deliberate (sdpt.md §7):
+Differences from the official code (``BiMultiHeadAttention.forward`` in wuyongjianCODE/SDPT
+maskrcnn_benchmark/utils/fuse_helper.py), all deliberate:
 
 * the pseudo-inverses are computed once in float32 and cached as non-persistent buffers (the
   projections are frozen), instead of two SVDs per layer per step; they are recomputed when the
@@ -28,7 +30,9 @@ Two methods are registered:
 * ``sdpt``: only the prototype tokens train (the paper's prompt-only setting).
 * ``sdpt-head``: the released README recipe, i.e. the tokens plus every parameter of the detector's
   ``head`` group (in GLIP: the DyHead's language layers, DyConv towers and prediction heads); the
-  vision backbone, neck, text encoder and the fusion layers' own weights stay frozen (sdpt.md §3.1).
+  vision backbone, neck, text encoder and the fusion layers' own weights stay frozen (official: the README's
+  ``FROZEE_SWINT``/``FROZEE_BERT`` in ``GeneralizedVLRCNN.forward``, modeling/detector/generalized_vl_rcnn.py,
+  and ``froze_fuse`` in ``VLFuse.__init__``, modeling/rpn/vldyhead.py).
 
 Defaults and their source (``SdptConfig.sources``; official = wuyongjianCODE/SDPT):
 

@@ -19,7 +19,7 @@ from bench.models.glip.fpn import DropBlock2D
 from bench.models.glip.swin import SHIFT_MASK_VALUE, WindowAttention, shifted_window_mask
 
 PREFIX = "backbone."
-FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)  # fixtures/README.md §6
+FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)  # above the official code's run-to-run spread (tests/fixtures/README.md)
 STAGE_KEYS = [f"eval.backbone.body.stage{i}" for i in range(2, 6)]
 LEVEL_KEYS = [f"eval.backbone.fpn.P{level}" for level in range(3, 8)]
 

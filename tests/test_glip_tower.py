@@ -16,7 +16,7 @@ from bench.models.glip.text_features import TextFeatures
 from bench.models.glip.tower import DyHeadTower, build_dyhead_tower
 
 TOWER_PREFIX = "rpn.head.dyhead_tower."
-FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)  # fixtures/README.md §6
+FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)  # above the official code's run-to-run spread (tests/fixtures/README.md)
 GRAD_TOL = dict(atol=1e-6, rtol=1e-4)
 
 

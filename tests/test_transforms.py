@@ -19,7 +19,8 @@ from bench.data.transforms import (
     train_transform,
 )
 
-# GLIP's pixel convention (reference/glip.md §1.1): BGR, 0..255, these means and stds.
+# GLIP's pixel convention (microsoft/GLIP configs/pretrain/glip_Swin_T_O365_GoldG.yaml, INPUT.PIXEL_MEAN and
+# INPUT.PIXEL_STD; INPUT.TO_BGR255 in maskrcnn_benchmark/config/defaults.py): BGR, 0..255, these means and stds.
 GLIP_PIXELS = PixelNormalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="BGR", value_scale=255.0)
 FIXTURE_MIN_SIZE, FIXTURE_MAX_SIZE = 160, 256
 

@@ -32,7 +32,8 @@ class CocoAnnotations:
     ``data`` is the normalised JSON dict (every annotation has ``area`` and ``iscrowd``; degenerate
     boxes removed, their ids kept in ``skipped_annotations`` for the data check to report or count,
     :mod:`bench.data.check`), ready for pycocotools/lvis. Categories are numbered with contiguous labels 1..N in
-    ascending category-id order, as GLIP does (reference/glip.md §4.1), because models score labels
+    ascending category-id order, as GLIP does (``json_category_id_to_contiguous_id`` in microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/coco.py), because models score labels
     while evaluators and result files speak category ids.
     """
 

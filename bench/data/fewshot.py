@@ -4,7 +4,8 @@ Three ways to get a K-shot split, because published numbers used all three:
 
 * GLIP's own (``seed=None``): walk images in ascending id order and keep an image whenever one of its
   categories has been seen in fewer than K kept images. Deterministic; GLIP's ``SHUFFLE_SEED`` does
-  not change it (reference/glip.md §5.3).
+  not change it (microsoft/GLIP maskrcnn_benchmark/data/datasets/modulated_coco.py, ``CocoGrounding``
+  with ``few_shot``).
 * Seeded: the same greedy walk over a seed-shuffled image order, counting images or instances, so
   that shot-seeds are a real axis of variation.
 * Prepared files ``fewshot_train_shot{K}_seed{S}.json`` shipped with ODinW, used when present.

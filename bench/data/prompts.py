@@ -1,7 +1,8 @@
 """Text prompts and positive maps, built exactly as GLIP builds them for detection.
 
 A detection vocabulary becomes one caption, ``"person. bicycle. car"``: cleaned class names joined by
-``". "`` with no trailing separator (GLIP's ``SEPARATION_TOKENS``; reference/glip.md §4.1). Other
+``". "`` with no trailing separator (GLIP's ``SEPARATION_TOKENS``; ``create_queries_and_maps`` in microsoft/GLIP
+maskrcnn_benchmark/engine/inference.py). Other
 detectors write captions their own way (Grounding DINO: ``"person . bicycle . car ."``), which a
 :class:`PromptStyle` describes; every detector declares its style (``DetectorBase.prompt_style``). Each class
 owns the character span of its name (never of a caption-prompt prefix or suffix), and the span is
@@ -11,7 +12,8 @@ are directly the model's text slots.
 
 Long vocabularies (LVIS) do not fit the text encoder's 256 slots; they are split into chunks of
 ``chunk_size`` classes, one prompt per chunk, and each prompt keeps the labels of its classes so
-that detections from all chunks can be merged (reference/glip.md §4.2).
+that detections from all chunks can be merged (GLIP's ``TEST.CHUNKED_EVALUATION``:
+``create_queries_and_maps_from_dataset`` and ``inference`` in maskrcnn_benchmark/engine/inference.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Image and box transforms, as GLIP applies them (reference/glip.md §1.2).
+"""Image and box transforms, as GLIP applies them (microsoft/GLIP maskrcnn_benchmark/data/transforms/build.py
+and transforms.py).
 
 * Resize: the short side goes to ``min_size`` (one of several during training) unless the long side
   would then exceed ``max_size``; sizes are truncated with ``int()``, as in GLIP, and resizing runs on

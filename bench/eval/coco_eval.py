@@ -53,7 +53,8 @@ def evaluate_coco(
     ``ground_truth`` is a validated COCO-format dict (it is not modified). A metric whose area range
     holds no ground truth (e.g. APs on a dataset without small objects) is NaN, not pycocotools' -1,
     so that it cannot be averaged in by accident. ``legacy_plus_one`` converts boxes with
-    ``w = x2 - x1 + 1`` as GLIP's COCO evaluator does (reference/glip.md §6); pass True only for
+    ``w = x2 - x1 + 1`` as GLIP's COCO evaluator does (``prepare_for_coco_detection`` in microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/evaluation/coco/coco_eval.py); pass True only for
     parity runs against published GLIP numbers.
     """
     evaluate = COCO_BACKENDS.get(backend)

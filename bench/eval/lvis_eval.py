@@ -5,7 +5,8 @@ LVIS is federated: an image is only judged on the categories verified present or
 are not counted as false positives. Standard LVIS AP keeps the 300 highest-scoring detections per
 image, which lets a detector trade rare-class recall for frequent-class detections; Fixed AP instead
 keeps the ``topk_per_class`` best detections of each category over the whole dataset and has no
-per-image cap (GLIP: ``LvisEvaluatorFixedAP``, reference/glip.md §6). The selection happens here,
+per-image cap (GLIP: ``LvisEvaluatorFixedAP`` in microsoft/GLIP
+maskrcnn_benchmark/data/datasets/evaluation/lvis/lvis_eval.py). The selection happens here,
 once, for every backend; a backend only scores the records it is given.
 
 Backends: the reference ``lvis`` package and faster-coco-eval's LVIS mode, which the tests show to

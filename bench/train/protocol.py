@@ -172,9 +172,10 @@ def resolve_protocol(name: str, shots_label: str, overrides: Mapping[str, Any] |
     return PROTOCOLS.get(name).for_shots(shots_label).with_overrides(overrides or {})
 
 
-# GLIP's ODinW fine-tuning (reference/glip.md §5.3): "K_EPOCHS_COPY" 1_200_8, 3_200_4, 5_200_2, 10_200_1
-# and 0_200_1 for full data (patience 2 and 4 there), batch 4, AdamW with GLIP's groups, grad-norm clip 1,
-# reduce-on-plateau on val AP, evaluation every epoch, no warm-up.
+# GLIP's ODinW fine-tuning (microsoft/GLIP README, "ODinW / Custom Dataset Fine-Tuning", and tools/finetune.py):
+# --custom_shot_and_epoch_and_general_copy 1_200_8, 3_200_4, 5_200_2, 10_200_1 and 0_200_1 for full data
+# (patience 2 and 4 there), batch 4, AdamW with GLIP's groups, grad-norm clip 1, reduce-on-plateau on val AP,
+# evaluation every epoch, no warm-up.
 register_protocol(
     Protocol(
         name="glip-odinw",
@@ -193,8 +194,9 @@ register_protocol(
     )
 )
 
-# SDPT's released COCO recipe (reference/sdpt.md §4): batch 1, 2000 iterations, steps at 0.67/0.89, an
-# evaluation every 100 iterations. The released warm-up (2000 iterations) spans the whole run; 10 % is used.
+# SDPT's released COCO recipe (wuyongjianCODE/SDPT README training command, on configs/pretrain/glip_Swin_L.yaml):
+# batch 1, 2000 iterations, steps at 0.67/0.89, an evaluation every 100 iterations. The released warm-up
+# (2000 iterations) spans the whole run; 10 % is used.
 register_protocol(
     Protocol(
         name="sdpt-coco",

@@ -1,7 +1,8 @@
 """SDPT: one extended fusion layer forward with cached pseudo-inverses vs recomputing them per call.
 
 The official code recomputes ``pinv(W_v^T)`` and ``pinv(W_l^T)`` (SVDs of 2048x256 and 2048x768) in
-every forward of every fusion layer (reference/sdpt.md §7.4); ``methods.sdpt`` caches them. Sizes are
+every forward of every fusion layer (``get_inverse``, called from ``BiMultiHeadAttention.forward`` in
+wuyongjianCODE/SDPT maskrcnn_benchmark/utils/fuse_helper.py); ``methods.sdpt`` caches them. Sizes are
 GLIP-T's fusion layer (v_dim 256, l_dim 768, embed 2048, 8 heads), K = 100 tokens, 400 image tokens
 and 256 text slots, batch 1. Nothing here asserts a speed; compare the two rows of the group.
 """

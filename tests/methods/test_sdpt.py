@@ -1,4 +1,5 @@
-"""SDPT's own properties (reference/sdpt.md §2.4-2.7), on one small fusion layer and the small GLIP."""
+"""SDPT's own properties (official code: wuyongjianCODE/SDPT maskrcnn_benchmark/utils/fuse_helper.py,
+``get_inverse`` and ``BiMultiHeadAttention.forward``), on one small fusion layer and the small GLIP."""
 
 from __future__ import annotations
 

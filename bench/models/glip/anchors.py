@@ -3,7 +3,8 @@
 The anchors depend only on the feature-map sizes, i.e. on the *padded* batch, so every image of
 a batch shares them. The official generator also records a per-image ``visibility`` field from
 the un-padded size, but neither the ATSS loss nor the post-processing reads it
-(reference/glip.md §1.8), so it is not reproduced. The checkpoint's
+(microsoft/GLIP maskrcnn_benchmark/modeling/rpn/loss.py, ``ATSSLossComputation``, and rpn/inference.py,
+``ATSSPostProcessor``), so it is not reproduced. The checkpoint's
 ``rpn.anchor_generator.cell_anchors.*`` buffers are recomputed here and never loaded.
 """
 

@@ -3,7 +3,8 @@
 Per image and ground-truth box: the ``topk`` anchors per level whose centres are closest to the box
 centre are candidates; a candidate is positive when its IoU reaches the mean + (unbiased) std of the
 candidates' IoUs and its centre lies inside the box. An anchor claimed by several boxes goes to the
-one it overlaps most. Reference: reference/glip.md §1.8.
+one it overlaps most. Official code: microsoft/GLIP maskrcnn_benchmark/modeling/rpn/loss.py,
+``ATSSLossComputation.prepare_targets``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def assign_atss(anchors: list[torch.Tensor], target: ImageTargets, topk: int) ->
     """ATSS targets for one image.
 
     ``anchors``: per level ``[A_l, 4]`` xyxy (:func:`bench.models.glip.anchors.grid_anchors`).
-    A negative anchor's token row is :func:`no_object_row` (glip.md §1.8).
+    A negative anchor's token row is :func:`no_object_row` (as in the official
+    ``ATSSLossComputation.prepare_targets``).
     """
     all_anchors = torch.cat(anchors, dim=0)
     num_anchors, num_tokens = all_anchors.shape[0], target.positive_map.shape[1]

@@ -1,4 +1,5 @@
-"""GLIP's three training losses on ATSS targets (reference/glip.md §1.8).
+"""GLIP's three training losses on ATSS targets (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/loss.py,
+``ATSSLossComputation.__call__``; maskrcnn_benchmark/layers/sigmoid_focal_loss.py).
 
 * ``loss_dot_product_token``: sigmoid focal loss on every (anchor, prompt token) pair whose token is
   real (text mask 1), summed, over the number of positive anchors;

@@ -1,7 +1,8 @@
 """GLIP's image backbone: Swin (``backbone.body``) followed by the FPN (``backbone.fpn``).
 
 The official module is ``nn.Sequential(body, fpn)`` built for ``SWINT-FPN-RETINANET``
-(reference/glip.md §1.3-1.4); the attribute names here give the same state-dict keys.
+(microsoft/GLIP maskrcnn_benchmark/modeling/backbone/__init__.py, ``build_retinanet_swint_fpn_backbone``);
+the attribute names here give the same state-dict keys.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class BackboneFeatures:
 class GlipBackbone(nn.Module):
     """``forward(images [B, 3, H, W])`` -> ``[P3, P4, P5, P6, P7]``.
 
-    ``images`` are BGR-255-normalised and zero-padded to a multiple of 32 (reference/glip.md §1.2);
+    ``images`` are BGR-255-normalised and zero-padded to a multiple of 32 (microsoft/GLIP
+    maskrcnn_benchmark/data/transforms/transforms.py and ``to_image_list`` in structures/image_list.py);
     other sizes also work (Swin pads to its patch and window sizes internally).
     """
 

@@ -1,4 +1,5 @@
-"""Tower module ``3i+1``: one post-LayerNorm BERT layer on the fused text (reference/glip.md §1.6 step 2).
+"""Tower module ``3i+1``: one post-LayerNorm BERT layer on the fused text (microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``BertEncoderLayer``).
 
 Written out rather than taken from ``transformers`` (whose layer internals change between versions)
 so that GLIP's patched ``rpn/modeling_bert.py`` is reproduced exactly: attention scores are clamped
@@ -60,7 +61,8 @@ class _SelfAttention(nn.Module):
         # [Q] clamp before the mask is added (GLIP's patched BertSelfAttention); softmax in >= fp32.
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).clamp(-BERT_CLAMP, BERT_CLAMP)
         # Extended mask as transformers >= 4.31 builds it: 0 for real tokens, finfo.min for padding
-        # (old versions used -10000; identical after softmax, reference/glip.md §1.6).
+        # (old versions used -10000; identical after softmax; official: ``BertEncoderLayer.forward`` calls
+        # transformers' ``get_extended_attention_mask``).
         padding = (1.0 - mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
         probs = self.dropout((scores + padding).softmax(dim=-1))
         context = torch.matmul(probs.to(v.dtype), v).permute(0, 2, 1, 3)

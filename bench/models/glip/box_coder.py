@@ -1,4 +1,5 @@
-"""GLIP's box geometry in the legacy maskrcnn_benchmark "+1" convention (reference/glip.md §1.8).
+"""GLIP's box geometry in the legacy maskrcnn_benchmark "+1" convention (microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``BoxCoder``).
 
 A box ``(x1, y1, x2, y2)`` covers the pixels x1..x2 inclusive, so its width is ``x2 - x1 + 1``.
 The official code uses this convention in the box coder, the ATSS IoU and NMS; keeping it is what

@@ -2,7 +2,8 @@
 
 Every dimension is a parameter (nothing is hard-coded to 768 or 2048), so a fixture's
 ``reduced_config.json`` describes a model as fully as the official yaml files do.
-Values cite reference/glip.md (§1.1 for GLIP-T/L).
+Values come from microsoft/GLIP ``maskrcnn_benchmark/config/defaults.py`` and the GLIP-T/L configs
+(``configs/pretrain/glip_Swin_T_O365_GoldG.yaml``, ``configs/pretrain/glip_Swin_L.yaml``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class AnchorConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Post-processing (reference/glip.md §1.9)."""
+    """Post-processing (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/inference.py, ``ATSSPostProcessor``)."""
 
     pre_nms_thresh: float = 0.05
     pre_nms_top_n: int = 1000
@@ -117,7 +118,8 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """ATSS assignment and the three training losses (reference/glip.md §1.8)."""
+    """ATSS assignment and the three training losses (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/loss.py,
+    ``ATSSLossComputation``)."""
 
     atss_topk: int = 9
     reg_loss_weight: float = 2.0

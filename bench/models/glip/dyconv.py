@@ -1,4 +1,5 @@
-"""Tower module ``3i+2``: DyHead's vision path across pyramid levels (reference/glip.md §1.6 step 3).
+"""Tower module ``3i+2``: DyHead's vision path across pyramid levels (microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``DyConv``).
 
 For every level ``l`` (F_0..F_4 = P3..P7) one offset/mask map is predicted from F_l and shared by
 up to three modulated deformable 3x3 convolutions: ``DyConv[1]`` on F_l, ``DyConv[2]`` (stride 2)
@@ -185,7 +186,8 @@ def reinterpret_offsets(offset: torch.Tensor, mask: torch.Tensor, height: int, w
 
     ``DyConv[0]`` runs on the coarser level with the offsets predicted for the current one. GLIP's
     CUDA kernel does not check shapes: it reads the first ``18*h*w`` offset and ``9*h*w`` mask
-    floats of each image's buffer (reference/glip.md §1.6, fixtures/README.md §7). ``offset``
+    floats of each image's buffer (microsoft/GLIP maskrcnn_benchmark/csrc/cuda/deform_conv_kernel_cuda.cu,
+    ``modulated_deformable_im2col_gpu_kernel``; called from ``DyConv.forward`` in rpn/vldyhead.py). ``offset``
     ``[B, 18, H, W]``, ``mask`` ``[B, 9, H, W]`` -> ``[B, 18, h, w]``, ``[B, 9, h, w]``.
     """
     b = offset.shape[0]

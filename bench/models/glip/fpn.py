@@ -1,4 +1,4 @@
-"""GLIP's feature pyramid: ``backbone.fpn`` (reference/glip.md §1.4, §8 item 3).
+"""GLIP's feature pyramid: ``backbone.fpn`` (microsoft/GLIP maskrcnn_benchmark/modeling/backbone/fpn.py, ``FPN``).
 
 Inputs are the last three Swin stages C3, C4, C5 (strides 8, 16, 32); outputs P3..P7 (strides
 8..128), all with ``out_channels`` channels. State-dict names are the official ones:
@@ -54,7 +54,8 @@ class LastLevelP6P7(nn.Module):
     """``P6 = p6(P5)`` (3x3, stride 2) and ``P7 = p7(relu(P6))``.
 
     [Q] GLIP builds it with in_channels == out_channels, which makes the official code take P5,
-    not C5, as the input of P6 (reference/glip.md §1.4).
+    not C5, as the input of P6 (``LastLevelP6P7.use_P5`` in microsoft/GLIP
+    maskrcnn_benchmark/modeling/backbone/fpn.py).
     """
 
     def __init__(self, channels: int) -> None:

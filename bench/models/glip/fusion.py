@@ -1,6 +1,7 @@
 """GLIP's image-text fusion: bidirectional multi-head attention inside every VL-DyHead block.
 
-Module tree and state-dict names are the official ones (reference/glip.md §2, §3)::
+Module tree and state-dict names are the official ones (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/vldyhead.py,
+``VLFuse``; maskrcnn_benchmark/utils/fuse_helper.py, ``BiAttentionBlockForCheckpoint``, ``BiMultiHeadAttention``)::
 
     VLFuse                      rpn.head.dyhead_tower.{3i}
       b_attn: BiAttentionBlock    .b_attn.{layer_norm_v, layer_norm_l, gamma_v, gamma_l}
@@ -14,7 +15,8 @@ placed there (:class:`bench.models.base.TokenExtension`) receives the layer-norm
 before attention and may append rows. The first ``N_v`` / ``T`` rows must be the inputs themselves;
 the layer attends over the extended sequences and drops the ``K_v`` / ``K_l`` appended rows from its
 outputs, so the residual and everything outside see the original shapes. With the slot empty nothing extra runs: the result is
-bit-identical to the official computation. SDPT (reference/sdpt.md §2.5) installs its projected
+bit-identical to the official computation. SDPT (wuyongjianCODE/SDPT maskrcnn_benchmark/utils/fuse_helper.py,
+``BiMultiHeadAttention.forward``) installs its projected
 prototype tokens here.
 """
 
@@ -30,7 +32,8 @@ from bench.models.base import TokenExtension, extend_tokens
 from bench.models.glip.config import GlipConfig
 from bench.models.glip.text_features import TextFeatures
 
-# GLIP's mask for padded tokens on the image side (reference/glip.md §3 step 4).
+# GLIP's mask for padded tokens on the image side (microsoft/GLIP maskrcnn_benchmark/utils/fuse_helper.py,
+# BiMultiHeadAttention.forward).
 MASKED_TOKEN_LOGIT = -9e15
 
 
@@ -73,7 +76,7 @@ class BiMultiHeadAttention(nn.Module):
 
     Inputs: ``v`` ``[B, N_v, v_dim]`` (all pyramid levels flattened and concatenated), ``l``
     ``[B, T, l_dim]``, ``text_mask`` ``[B, T]``. Returns the updates ``(Δv [B, N_v, v_dim],
-    Δl [B, T, l_dim])`` (reference/glip.md §3 steps 1-8).
+    Δl [B, T, l_dim])`` (microsoft/GLIP maskrcnn_benchmark/utils/fuse_helper.py, ``BiMultiHeadAttention.forward``).
     """
 
     def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float, clamp: float) -> None:
@@ -180,7 +183,8 @@ class BiAttentionBlock(nn.Module):
     """Pre-LayerNorm, bidirectional attention and layer-scaled residuals (official
     ``BiAttentionBlockForCheckpoint``, named ``b_attn``).
 
-    [Q] The residual is added to the *normalised* inputs, ``v̂ + gamma_v * Δv`` (reference/glip.md §3);
+    [Q] The residual is added to the *normalised* inputs, ``v̂ + gamma_v * Δv`` (microsoft/GLIP
+    maskrcnn_benchmark/utils/fuse_helper.py, ``BiAttentionBlockForCheckpoint.single_attention_call``);
     drop-path is 0 in GLIP and therefore absent. Inputs/outputs: ``v`` ``[B, N_v, v_dim]``, ``l``
     ``[B, T, l_dim]``, ``text_mask`` ``[B, T]``.
     """
@@ -204,8 +208,9 @@ class VLFuse(nn.Module):
     """Tower module ``3i``: early image-text fusion of all pyramid levels at once.
 
     ``forward(visual, text)``: ``visual`` is a list of ``[B, C, H_l, W_l]`` maps (P3..P7), flattened
-    row-major and concatenated into one sequence for a single attention call (reference/glip.md §3,
-    level handling), then split back; returns ``(visual, text)`` with the same shapes.
+    row-major and concatenated into one sequence for a single attention call (microsoft/GLIP
+    maskrcnn_benchmark/utils/fuse_helper.py, ``BiAttentionBlockForCheckpoint.forward``), then split
+    back; returns ``(visual, text)`` with the same shapes.
 
     ``use_checkpoint`` (config ``dyhead.use_checkpoint``) recomputes the block in the backward pass to
     save memory; it is active whenever gradients are enabled (also in eval mode, where a method such

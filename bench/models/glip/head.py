@@ -3,7 +3,8 @@
 The fusion tower (``rpn.head.dyhead_tower``) is built elsewhere and handed in, so that its
 parameters sit under the official names while this module stays free of tower logic: the caller
 runs the tower and passes its final visual levels and fused text to :meth:`VLDyHead.predict`.
-``rpn.head.cls_logits`` (unused by GLIP, reference/glip.md §1.7) is not built.
+``rpn.head.cls_logits`` (unused by GLIP: frozen in ``GeneralizedVLRCNN.__init__`` of microsoft/GLIP
+maskrcnn_benchmark/modeling/detector/generalized_vl_rcnn.py, and its loss weighted by 0) is not built.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch import nn
 
 from bench.models.glip.config import DyHeadConfig
 
-# The official head clamps the token logits (CLAMP_DOT_PRODUCT, reference/glip.md §1.7 step 7).
+# The official head clamps the token logits (CLAMP_DOT_PRODUCT; microsoft/GLIP
+# maskrcnn_benchmark/modeling/rpn/vldyhead.py, VLDyHead.forward).
 LOGIT_CLAMP = 50000.0
 
 
@@ -87,7 +89,8 @@ class VLDyHead(nn.Module):
         """Predictions from the tower's outputs.
 
         ``visual``: the tower's final levels, each ``[B, C, H_l, W_l]``; ``text_hidden`` ``[B, T, D]``:
-        the tower's fused text (``USE_FUSED_FEATURES_DOT_PRODUCT``, reference/glip.md §1.7).
+        the tower's fused text (``USE_FUSED_FEATURES_DOT_PRODUCT``; microsoft/GLIP
+        maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``VLDyHead.forward``).
         """
         # The L2 normalisation stays in fp32 under autocast (a sum of squares of 768 values).
         text = F.normalize(text_hidden.float(), p=2, dim=-1)

@@ -107,7 +107,8 @@ class GLIP(DetectorBase):
 
     def vision_stage_parameters(self) -> list[list[str]]:
         """``[patch embedding, stage 1 (blocks + its patch merging), stage 2, ...]``, as GLIP's
-        ``FREEZE_CONV_BODY_AT`` counts them (reference/glip.md §1.3)."""
+        ``FREEZE_CONV_BODY_AT`` counts them (microsoft/GLIP maskrcnn_benchmark/modeling/backbone/swint.py,
+        ``SwinTransformer._freeze_stages``)."""
         names = [n for n in self.base_parameter_names() if n.startswith("backbone.body.")]
         stages = [[n for n in names if n.startswith("backbone.body.patch_embed.")]]
         for i in range(len(self.config.swin.depths)):
@@ -116,7 +117,9 @@ class GLIP(DetectorBase):
 
     def linear_probe_parameters(self) -> list[str]:
         """GLIP's linear-probe set: box regression, centerness, the text projection of the token head,
-        its logit scale and biases (``linear_prob`` tuning mode, reference/glip.md §5.4)."""
+        its logit scale and biases (``linear_prob`` tuning mode: microsoft/GLIP tools/finetune.py,
+        ``tuning_highlevel_override``, and ``GeneralizedVLRCNN.train`` in
+        maskrcnn_benchmark/modeling/detector/generalized_vl_rcnn.py)."""
         head = ("bbox_pred.", "centerness.", "dot_product_projection_text.", "log_scale", "bias_lang", "bias0")
         return [n for n in self.base_parameter_names() if n.startswith("rpn.head.") and n[len("rpn.head."):].startswith(head)]
 

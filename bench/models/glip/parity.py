@@ -54,7 +54,7 @@ class Tolerance:
         return f"atol {self.atol:g} rtol {self.rtol:g}"
 
 
-# Suggested by the fixture notes (fixtures README §6), from reruns of the official code.
+# Set above the differences between reruns of the official code (tests/fixtures/README.md).
 FEATURES = Tolerance(1e-4, 1e-4)
 BOXES = Tolerance(1e-3, 0.0)
 SCORES = Tolerance(1e-5, 0.0)

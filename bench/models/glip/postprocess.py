@@ -1,4 +1,5 @@
-"""GLIP's inference post-processing (official ``ATSSPostProcessor``, reference/glip.md §1.9).
+"""GLIP's inference post-processing (official ``ATSSPostProcessor``, microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/inference.py).
 
 Token probabilities become class scores (mean over each class's prompt tokens); per level and
 image the confident (anchor, class) pairs are ranked by score x centerness and decoded; then
@@ -60,7 +61,8 @@ def _level_candidates(
     """
     probs = logits.float().sigmoid()
     class_scores = (probs @ token_to_class.membership) / token_to_class.counts  # [B, HW, C]
-    # The threshold applies to the token score, before centerness (glip.md §1.9 step 4).
+    # The threshold applies to the token score, before centerness (official
+    # ATSSPostProcessor.forward_for_single_feature_map).
     candidates = class_scores > config.pre_nms_thresh
     combined = class_scores * centerness.float().flatten(1).sigmoid()[:, :, None]
     deltas = deltas.float().permute(0, 2, 3, 1).flatten(1, 2)  # [B, HW, 4]

@@ -1,4 +1,5 @@
-"""Swin Transformer v1 as GLIP uses it: ``backbone.body`` (reference/glip.md §1.3, §8 item 2).
+"""Swin Transformer v1 as GLIP uses it: ``backbone.body`` (microsoft/GLIP
+maskrcnn_benchmark/modeling/backbone/swint.py).
 
 Layout and state-dict names are the official ones (the Swin-Transformer-Object-Detection variant)::
 
@@ -35,7 +36,7 @@ from bench.models.base import VisionBlock, checked_block_prompts
 from bench.models.glip.config import SwinConfig
 
 # [Q] The shifted-window mask adds -100.0 (not -inf) between tokens from different image regions
-# (reference/glip.md §1.3); exp(-100) is tiny but not zero, so the value matters for parity.
+# (official swint.py, BasicLayer.forward); exp(-100) is tiny but not zero, so the value matters for parity.
 SHIFT_MASK_VALUE = -100.0
 
 
@@ -212,7 +213,8 @@ class PatchMerging(nn.Module):
 
     [Q] Concatenation order x0=[0::2, 0::2], x1=[1::2, 0::2], x2=[0::2, 1::2], x3=[1::2, 1::2]
     (row offset varies fastest), then LayerNorm(4C) and a bias-free Linear(4C -> 2C). Other Swin
-    ports (mmcv's unfold) order the four differently; reference/glip.md §1.3.
+    ports (mmcv's unfold) order the four differently; official: ``PatchMerging.forward`` in microsoft/GLIP
+    maskrcnn_benchmark/modeling/backbone/swint.py.
     """
 
     def __init__(self, dim: int) -> None:
@@ -303,7 +305,8 @@ class SwinTransformer(nn.Module):
             ]
             last = i == len(config.depths) - 1
             self.layers.append(SwinStage(blocks, None if last else PatchMerging(dim)))
-        # [Q] Stage 0's output norm is an Identity for GLIP's *-RETINANET backbones (reference/glip.md §1.3).
+        # [Q] Stage 0's output norm is an Identity for GLIP's *-RETINANET backbones (official swint.py,
+        # SwinTransformer.__init__).
         self.norm0 = nn.Identity()
         for i, dim in enumerate(config.stage_channels[1:], start=1):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))

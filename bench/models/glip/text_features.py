@@ -2,7 +2,8 @@
 
 The official tower passes a ``lang`` dict and overwrites ``lang["hidden"]`` in place at every
 module; here each tower module returns a new :class:`TextFeatures` instead, so a caller's inputs are
-never modified (reference/glip.md §1.6).
+never modified (official: ``VLDyHead`` and ``VLFuse.forward`` in microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py).
 """
 
 from __future__ import annotations

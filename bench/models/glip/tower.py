@@ -1,4 +1,5 @@
-"""The VL-DyHead tower: ``[VLFuse, BertEncoderLayer, DyConv] x num_convs`` (reference/glip.md §1.6).
+"""The VL-DyHead tower: ``[VLFuse, BertEncoderLayer, DyConv] x num_convs`` (microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``VLDyHead.__init__``).
 
 Built as ``rpn.head.dyhead_tower``: module ``3i`` fuses image and text, ``3i+1`` refines the text
 with a BERT layer (present in every block, the last included, because GLIP-T/L score tokens with the
