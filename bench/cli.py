@@ -13,7 +13,6 @@ synthetic ``shapes-odinw`` suite, minutes on a laptop CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -22,12 +21,12 @@ from typing import Any, Sequence
 
 from bench.catalog import Catalog
 from bench.data.check import LEVELS, check_datasets
-from bench.devices import check_device
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.launch import EXECUTORS
-from bench.launch.local import SweepOutcome
+from bench.launch.base import SweepOutcome
 from bench.models import MODELS
+from bench.options import key_value_argument
 from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_sweep, plan_summary
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
@@ -91,17 +90,6 @@ def _split_seeds(value: str) -> list[int | None]:
     return [None if item == "glip" else int(item) for item in items]
 
 
-def _assignment(value: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON when it parses (numbers, lists, true), else as text."""
-    if "=" not in value:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    key, raw = value.split("=", 1)
-    try:
-        return key.strip(), json.loads(raw)
-    except ValueError:
-        return key.strip(), raw
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_bench.py",
@@ -113,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what = parser.add_argument_group("what to run")
     what.add_argument("--methods", type=_csv, default=[], help="comma-separated tuning methods (see --list)")
-    what.add_argument("--method-set", type=_assignment, action="append", default=[], metavar="METHOD.KEY=VALUE",
+    what.add_argument("--method-set", type=key_value_argument, action="append", default=[], metavar="METHOD.KEY=VALUE",
                       help="a method option, e.g. sdpt.num_tokens=8 (repeatable; values are JSON)")
     what.add_argument("--suite", help="a suite from the catalog, e.g. odinw13 (see --list)")
     what.add_argument("--datasets", type=_csv, default=[], help="comma-separated dataset names (added to --suite)")
@@ -142,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--tune-scope", choices=SCOPES, default="dataset",
                       help="with --tune, one selection per dataset (default) or one per suite (best mean validation AP)")
     what.add_argument("--protocol", default="glip-odinw", help="training protocol (see --list; default: glip-odinw)")
-    what.add_argument("--protocol-set", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+    what.add_argument("--protocol-set", type=key_value_argument, action="append", default=[], metavar="KEY=VALUE",
                       help="change a protocol field, e.g. epochs=12 or max_steps=500 (repeatable)")
     what.add_argument("--reference", help=REFERENCE_HELP)
     where = parser.add_argument_group("data and results")
@@ -152,12 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(README: \"Your own COCO-format dataset\")")
     where.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
     how = parser.add_argument_group("how to run")
-    how.add_argument("--executor", choices=EXECUTORS.names(), default="local", help="run here, or as a SLURM job array (default: local)")
+    how.add_argument("--executor", choices=EXECUTORS.names(), default="local",
+                     help="where cells run (see --list; default: local, this machine)")
     how.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     how.add_argument("--workers", type=int, default=0, help="data-loader worker processes per run (default: 0)")
-    how.add_argument("--jobs", type=int, default=1,
-                     help="local executor: cells run at once, each in its own process; on a CPU the cores are "
-                          "shared out evenly (default: 1)")
     how.add_argument("--frozen-cache", choices=FROZEN_CACHE_MODES, default="disk",
                      help="remember the outputs of frozen detector parts (image backbone, text encoder) by the content "
                           "of their inputs: off, memory (per process) or disk (shared by the cells, below "
@@ -170,18 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --dry-run: price cells that no finished cell prices from this step-time profile "
                           "(written by python -m bench.profile --out FILE)")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
-    slurm = parser.add_argument_group("SLURM (with --executor slurm)")
-    slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per array task (default: 1)")
-    slurm.add_argument("--processes-per-job", type=int, help="data-parallel processes per array task (default: one per GPU)")
-    slurm.add_argument("--cpus-per-job", type=int, default=4, help="CPUs per process of an array task (default: 4)")
-    slurm.add_argument("--time-limit", type=int, default=240, help="minutes per task before SLURM stops and requeues it (default: 240)")
-    slurm.add_argument("--cells-per-task", type=int, default=1, metavar="N",
-                       help="cells run one after another by each array task, sharing its built model and caches "
-                            "(default: 1; --time-limit must cover N cells)")
-    slurm.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (default: 32)")
-    slurm.add_argument("--sbatch", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
-                       help="extra sbatch option, e.g. account=proj or qos=high (repeatable)")
+    for entry in EXECUTORS:  # each executor's own options
+        entry.obj.add_arguments(parser)
     inspect = parser.add_argument_group("inspect")
     inspect.add_argument("--list", action="store_true", help="list models, methods, protocols, suites and datasets, then exit")
     inspect.add_argument("--verbose", action="store_true", help="with --list: every method option with its default and its source")
@@ -302,19 +278,14 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
     """Run ``cells`` on the chosen executor (:data:`bench.launch.EXECUTORS`); what finished and what failed."""
     if not cells:
         return SweepOutcome()
-    return EXECUTORS.get(args.executor)(cells, context, args)
+    return EXECUTORS.get(args.executor).run(cells, context, args)
 
 
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        raise BenchError(f"--jobs {args.jobs}: the number of cells run at once must be at least 1.")
-    if args.cells_per_task < 1:
-        raise BenchError(f"--cells-per-task {args.cells_per_task}: each SLURM array task must run at least 1 cell.")
+    EXECUTORS.get(args.executor).check(args)
     if not args.frozen_cache_gib >= 0:
         raise BenchError(f"--frozen-cache-gib {args.frozen_cache_gib}: the cache's disk space must be 0 or more GiB "
                          "(0 keeps nothing on disk; --frozen-cache off or memory keeps nothing there either).")
-    if args.executor == "local":  # a SLURM task checks its own node's device
-        check_device(args.device)
     check_results_folder(args.results)
     request = sweep_request(catalog, args)
     context = RunContext(

@@ -14,6 +14,7 @@ is checked, a range applies to each item), ``X | None``, ``Mapping[K, V]`` and `
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -215,3 +216,15 @@ def _kind(value: Any) -> str:
 def _shown(value: Any) -> str:
     """``value`` as the user wrote it: text quoted, everything else as JSON."""
     return repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+
+
+def key_value_argument(value: str) -> tuple[str, Any]:
+    """An argparse type for ``key=value``: the value read as JSON when it parses (numbers, lists,
+    true), else as text."""
+    if "=" not in value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    key, raw = value.split("=", 1)
+    try:
+        return key.strip(), json.loads(raw)
+    except ValueError:
+        return key.strip(), raw

@@ -37,17 +37,38 @@ def test_run_bench_script_help():
     assert "--data-root" in result.stdout and "--list" in result.stdout
 
 
-def test_executors_are_reached_through_their_registry(monkeypatch):
-    """``--executor NAME`` runs whatever ``bench.launch.EXECUTORS`` holds under NAME."""
-    import argparse
-
-    from bench.cli import execute
+def test_a_toy_executor_runs_a_sweep_without_touching_the_cli(monkeypatch, tmp_path, tmp_path_factory, capsys):
+    """An executor registered in ``bench.launch.EXECUTORS`` gets its own option, its check and the
+    sweep's cells; the command line names no executor."""
     from bench.launch import EXECUTORS
-    from bench.launch.local import SweepOutcome
+    from bench.launch.base import SweepOutcome, run_cell_recording_failure
+    from bench.registry import Entry
+    from tests.run_support import synthetic_cache
 
-    assert EXECUTORS.names() == ["local", "slurm"]
-    calls = []
-    monkeypatch.setitem(EXECUTORS._entries, "slurm", EXECUTORS.entry("slurm").__class__(
-        "slurm", lambda cells, context, args: calls.append((cells, args.executor)) or SweepOutcome(finished=["k"]), ""))
-    outcome = execute(["cell"], context=None, args=argparse.Namespace(executor="slurm"))
-    assert calls == [(["cell"], "slurm")] and outcome.finished == ["k"]
+    seen = {}
+
+    class ToyExecutor:
+        def add_arguments(self, parser):
+            parser.add_argument_group("toy").add_argument("--toy-note", default="")
+
+        def check(self, args):
+            seen["checked"] = args.toy_note
+
+        def run(self, cells, context, args):
+            outcome = SweepOutcome()
+            for cell in cells:
+                outcome.add(cell, run_cell_recording_failure(cell, context), context.store)
+            seen["cells"] = len(cells)
+            return outcome
+
+    monkeypatch.setitem(EXECUTORS._entries, "toy", Entry("toy", ToyExecutor(), "runs cells in this process"))
+    cache = synthetic_cache(tmp_path_factory, ["shapes-colours"])
+    code = main(["--model", "glip-nano", "--datasets", "shapes-colours", "--methods", "zero-shot", "--protocol", "shapes",
+                 "--cache-dir", str(cache), "--results", str(tmp_path), "--device", "cpu", "--no-progress",
+                 "--executor", "toy", "--toy-note", "hello"])
+    assert code == 0
+    assert seen == {"checked": "hello", "cells": 1}
+    assert len(list((tmp_path / "runs" / "done").glob("*.json"))) == 1
+    capsys.readouterr()
+    assert main(["--list"]) == 0
+    assert "toy                    runs cells in this process" in capsys.readouterr().out

@@ -49,7 +49,7 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temporary(tmp_path, monkeypa
 KILLED_WRITER = """
 import os, sys, time
 from pathlib import Path
-from bench.runs.store import write_atomically
+from bench.files import write_atomically
 
 def stall(fd):  # the payload is written but not yet renamed into place
     print("writing", flush=True)

@@ -23,6 +23,7 @@ Logs of every task are under ``<results>/slurm/<sweep stamp>/<job id>_<task>/``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -41,7 +42,8 @@ from tqdm.auto import tqdm
 
 from bench.errors import BenchError
 from bench.launch import EXECUTORS
-from bench.launch.local import SweepOutcome, cell_label, finished_line, run_cell_recording_failure
+from bench.launch.base import SweepOutcome, cell_label, finished_line, run_cell_recording_failure
+from bench.options import key_value_argument
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
 
@@ -438,14 +440,36 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
     return outcome
 
 
-def run_from_arguments(cells: Sequence[Cell], context: RunContext, args) -> SweepOutcome:
-    """The ``slurm`` executor as the command line calls it (the SLURM options of ``run_bench.py``)."""
-    options = SlurmOptions(
-        partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
-        cpus_per_job=args.cpus_per_job, time_limit_min=args.time_limit, array_parallelism=args.array_parallelism,
-        extra=dict(args.sbatch), cells_per_task=args.cells_per_task,
-    )
-    return run_slurm(cells, context, options)
+class SlurmExecutor:
+    """``--executor slurm``: the cells as one SLURM job array."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("SLURM (with --executor slurm)")
+        group.add_argument("--partition", help="SLURM partition")
+        group.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per array task (default: 1)")
+        group.add_argument("--processes-per-job", type=int, help="data-parallel processes per array task (default: one per GPU)")
+        group.add_argument("--cpus-per-job", type=int, default=4, help="CPUs per process of an array task (default: 4)")
+        group.add_argument("--time-limit", type=int, default=240,
+                           help="minutes per task before SLURM stops and requeues it (default: 240)")
+        group.add_argument("--cells-per-task", type=int, default=1, metavar="N",
+                           help="cells run one after another by each array task, sharing its built model and caches "
+                                "(default: 1; --time-limit must cover N cells)")
+        group.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (default: 32)")
+        group.add_argument("--sbatch", type=key_value_argument, action="append", default=[], metavar="KEY=VALUE",
+                           help="extra sbatch option, e.g. account=proj or qos=high (repeatable)")
+
+    def check(self, args: argparse.Namespace) -> None:
+        """The task's node checks its own device; the cluster is checked when the array is submitted."""
+        if args.cells_per_task < 1:
+            raise BenchError(f"--cells-per-task {args.cells_per_task}: each SLURM array task must run at least 1 cell.")
+
+    def run(self, cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> SweepOutcome:
+        options = SlurmOptions(
+            partition=args.partition, gpus_per_job=args.gpus_per_job, processes_per_job=args.processes_per_job,
+            cpus_per_job=args.cpus_per_job, time_limit_min=args.time_limit, array_parallelism=args.array_parallelism,
+            extra=dict(args.sbatch), cells_per_task=args.cells_per_task,
+        )
+        return run_slurm(cells, context, options)
 
 
-EXECUTORS.add("slurm", run_from_arguments, "a SLURM job array submitted with submitit, one or --cells-per-task cells per task")
+EXECUTORS.add("slurm", SlurmExecutor(), "a SLURM job array submitted with submitit, one or --cells-per-task cells per task")

@@ -15,7 +15,7 @@ from bench.catalog import SuiteSpec
 from bench.data.holdout import HELD_OUT_FRACTION
 from bench.report.leaderboard import Leaderboard, dataset_column, suite_columns
 from bench.runs.record import RANDOM_INIT
-from bench.runs.store import write_atomically
+from bench.files import write_atomically
 
 MISSING = "–"
 MEMORY_KINDS = {

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.catalog import SPLITS, DatasetSpec
-from bench.runs.store import write_atomically
+from bench.files import write_atomically
 
 CHUNK = 1 << 20
 

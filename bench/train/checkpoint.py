@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.runs.store import write_atomically
+from bench.files import write_atomically
 
 CHECKPOINT = "checkpoint.pt"
 
