@@ -20,6 +20,7 @@ from transformers.activations import ACT2FN
 
 from bench.errors import BenchError
 from bench.models.glip.config import TextConfig
+from bench.models.glip.fusion import largest_logit
 from bench.models.glip.text_features import TextFeatures
 
 # modeling_bert.py's clamp_values() and the CLAMP_BERTATTN_* flags, all on in GLIP.
@@ -49,8 +50,7 @@ class _SelfAttention(nn.Module):
         norm over sqrt(head_dim), by Cauchy-Schwarz) stays inside it."""
         if self.training and self.dropout.p > 0:
             return False
-        largest = q.detach().float().norm(dim=-1).amax() * k.detach().float().norm(dim=-1).amax() / math.sqrt(self.head_dim)
-        return float(largest) <= BERT_CLAMP
+        return largest_logit(q, k) / math.sqrt(self.head_dim) <= BERT_CLAMP
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))

@@ -71,6 +71,13 @@ def clamp_where_binding(x: torch.Tensor, bound: float) -> torch.Tensor:
     return x.clamp(-bound, bound)
 
 
+def largest_logit(query: torch.Tensor, key: torch.Tensor) -> float:
+    """An upper bound on every ``|query . key|`` over the last dimension: the largest query norm times
+    the largest key norm (Cauchy-Schwarz). Below a clamp's bound it proves the clamp cannot bind, so
+    fused attention kernels, which have no clamp, compute the same function."""
+    return float(query.detach().float().norm(dim=-1).amax() * key.detach().float().norm(dim=-1).amax())
+
+
 class BiMultiHeadAttention(nn.Module):
     """One shared logit matrix between image positions and text tokens, softmaxed both ways.
 
@@ -143,8 +150,7 @@ class BiMultiHeadAttention(nn.Module):
         largest query and key norms, by Cauchy-Schwarz) stays inside the bound."""
         if self.training and self.dropout > 0:
             return False
-        largest = query.detach().float().norm(dim=-1).amax() * key.detach().float().norm(dim=-1).amax()
-        return 2 * float(largest) <= self.clamp
+        return 2 * largest_logit(query, key) <= self.clamp
 
     def _fused_attention(self, query: torch.Tensor, key: torch.Tensor, value_v: torch.Tensor, value_l: torch.Tensor,
                          text_mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
