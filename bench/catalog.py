@@ -52,7 +52,7 @@ class SplitSpec:
 class DatasetSpec:
     """Everything the harness needs to know about one dataset, as declared in the catalog.
 
-    ``invalid_boxes`` says what the data check (:mod:`bench.data.check`) does with boxes that are
+    ``invalid_boxes`` says what the data check (:mod:`bench.catalog_check`) does with boxes that are
     degenerate or mostly outside their image: ``"refuse"`` them (the default, so a broken file is
     noticed) or ``"drop"`` them from training and count them, for datasets known to ship a few.
     """

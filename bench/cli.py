@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.catalog import Catalog
-from bench.data.check import LEVELS, check_datasets
+from bench.catalog_check import LEVELS, check_datasets
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.launch import EXECUTORS

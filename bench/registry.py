@@ -2,15 +2,22 @@
 
 Entries register themselves where they are defined (``@MODELS.register("glip-t", ...)``), so adding a
 model or a method never touches the harness; ``--list`` and error messages read the registry.
+
+A registry of plugins that live outside the framework (the tuning methods of the ``methods``
+package, or a user's own package) names a Python entry-point group (``[project.entry-points]`` in
+``pyproject.toml``; ``importlib.metadata.entry_points``). The group's modules are imported the first
+time the registry is read, so the framework never imports a plugin package by name: the arrow goes
+from the plugin to the framework only.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Callable, Generic, Iterator, TypeVar
 
-from bench.errors import UnknownNameError
+from bench.errors import BenchError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -31,9 +38,25 @@ class Registry(Generic[T]):
     match, because a typo on a command line is the most common way to get here.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugin_group: str | None = None) -> None:
         self.kind = kind
+        self.plugin_group = plugin_group
         self._entries: dict[str, Entry[T]] = {}
+        self._plugins_loaded = plugin_group is None
+
+    def _load_plugins(self) -> None:
+        """Import every module of :attr:`plugin_group` once (their definitions register themselves)."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # before importing: a plugin that reads the registry must not recurse
+        found = metadata.entry_points(group=self.plugin_group)
+        if not found:
+            raise BenchError(
+                f"No {self.kind} plugins are installed (entry-point group {self.plugin_group!r} is empty): install the "
+                "project into this environment (pip install -e . or make install), which declares them in pyproject.toml."
+            )
+        for entry_point in sorted(found, key=lambda e: e.name):
+            entry_point.load()
 
     def register(self, name: str, description: str = "") -> Callable[[T], T]:
         """Decorator form of :meth:`add`; returns the object unchanged."""
@@ -56,6 +79,7 @@ class Registry(Generic[T]):
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
+        self._load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -68,13 +92,17 @@ class Registry(Generic[T]):
         return f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind} names: {valid}."
 
     def names(self) -> list[str]:
+        self._load_plugins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
+        self._load_plugins()
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
 
     def __len__(self) -> int:
+        self._load_plugins()
         return len(self._entries)

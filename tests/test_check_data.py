@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from bench.catalog import Catalog, DatasetSpec, SplitSpec, load_split_annotations
-from bench.data import check
-from bench.data.check import SplitSummary, check_datasets
+from bench import catalog_check as check
+from bench.catalog_check import SplitSummary, check_datasets
 from bench.data.dataset import DetectionDataset
 from bench.errors import BenchError, DataError
 

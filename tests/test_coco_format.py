@@ -103,7 +103,7 @@ def test_degenerate_boxes_are_skipped_and_kept_for_the_check_without_a_warning(t
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         coco = load_coco(write_dataset(tmp_path, data, with_images=False))
-    assert not caught  # the data check reports them (bench.data.check); users never see raw warnings
+    assert not caught  # the data check reports them (bench.catalog_check); users never see raw warnings
     assert coco.skipped_annotations == [1, 4, 5]
     assert len(coco.data["annotations"]) == len(data["annotations"]) - 3
 

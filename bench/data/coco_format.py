@@ -31,7 +31,7 @@ class CocoAnnotations:
 
     ``data`` is the normalised JSON dict (every annotation has ``area`` and ``iscrowd``; degenerate
     boxes removed, their ids kept in ``skipped_annotations`` for the data check to report or count,
-    :mod:`bench.data.check`), ready for pycocotools/lvis. Categories are numbered with contiguous labels 1..N in
+    :mod:`bench.catalog_check`), ready for pycocotools/lvis. Categories are numbered with contiguous labels 1..N in
     ascending category-id order, as GLIP does (``json_category_id_to_contiguous_id`` in microsoft/GLIP
     maskrcnn_benchmark/data/datasets/coco.py), because models score labels
     while evaluators and result files speak category ids.
@@ -209,7 +209,7 @@ def load_coco(path: str | Path) -> CocoAnnotations:
     Raises :class:`DataError` for a missing or unparsable file, missing keys, duplicate ids,
     annotations that refer to unknown images or categories, and datasets without images or
     categories. Degenerate boxes are left out silently, their ids kept in ``skipped_annotations``:
-    the data check (:mod:`bench.data.check`) refuses them or counts them, as the catalog says, so no
+    the data check (:mod:`bench.catalog_check`) refuses them or counts them, as the catalog says, so no
     raw Python warning ever reaches the user.
     """
     path = Path(path)

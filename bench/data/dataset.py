@@ -40,7 +40,7 @@ def image_relative_path(image: dict[str, Any]) -> str:
 
 def image_path(image_dir: Path, image: dict[str, Any]) -> Path:
     """The file of ``image`` (an ``images`` entry) in a split's image folder; the loader and the data
-    check (:mod:`bench.data.check`) both use it, so they always look at the same file."""
+    check (:mod:`bench.catalog_check`) both use it, so they always look at the same file."""
     return image_dir / image_relative_path(image)
 
 

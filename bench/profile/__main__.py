@@ -72,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def requests(args: argparse.Namespace) -> list[StepRequest]:
     """One request per row, after checking every input once (as a sweep does before its first cell)."""
-    import methods  # noqa: F401  (registers every method)
-
     MODELS.get(args.model)
     PROTOCOLS.get(args.protocol)
     check_device(args.device)

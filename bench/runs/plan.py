@@ -77,8 +77,6 @@ class Cell:
 
 def validate_request(request: SweepRequest) -> None:
     """Resolve every name and option once, so a typo fails before anything runs."""
-    import methods  # noqa: F401  (registers every method)
-
     MODELS.get(request.model)
     PROTOCOLS.get(request.protocol)
     for name in request.method_options:
@@ -175,7 +173,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     """Check the request (names, options, device-independent inputs: weights, data) and fingerprint
     what its cells share (``tuned``: hyper-parameters will be selected on validation). Every check
     comes before anything is written to the results folder. ``check_images``: the data check that
-    reads every image header (:func:`bench.data.check.check_datasets`), not only the files' presence."""
+    reads every image header (:func:`bench.catalog_check.check_datasets`), not only the files' presence."""
     validate_request(request)
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
@@ -183,7 +181,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     weights = resolve_weights(request)
     check_model_inputs(request.model, context.model_inputs(weights))  # once per sweep, before any cell
     if check_images:
-        from bench.data.check import check_datasets
+        from bench.catalog_check import check_datasets
 
         print("Checking the data (--check-data=full also decodes every image) ...", flush=True)
         check_datasets(specs, context.data_root, context.cache_dir, progress=context.progress)

@@ -16,7 +16,6 @@ from typing import Callable
 import pandas as pd
 import torch
 
-import methods  # noqa: F401  (registers every method)
 from bench.errors import BenchError
 from bench.models import MODELS
 from bench.models.base import DetectorBase

@@ -5,7 +5,8 @@ declared extension points (:mod:`bench.models.base`), and returns the trainable 
 names in ``model.named_parameters()``. Methods never look at a model's class or name, so every method
 runs on every backend that provides the extension points.
 
-Each method module registers itself at its end with :func:`register_method`; the harness and
+Each method module registers itself at its end with :func:`register_method` and is found through the
+entry-point group :data:`METHOD_PLUGINS` (:mod:`bench.registry`); the harness and
 ``--list`` read :data:`METHODS`.
 """
 
@@ -182,7 +183,9 @@ class Method:
         return self.expected_trainable(model)
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHOD_PLUGINS = "vl_peft_bench.methods"
+"""The entry-point group whose modules define the tuning methods (``methods`` declares itself in pyproject.toml)."""
+METHODS: Registry[type[Method]] = Registry("method", plugin_group=METHOD_PLUGINS)
 
 M = TypeVar("M", bound=type[Method])
 
@@ -205,7 +208,6 @@ def build_method(name: str, options: dict[str, Any] | None = None) -> Method:
     come first and ``options`` override them. A value of the wrong type or out of range is refused in
     the terms of the command line (the config alone does not know the name it is registered under).
     """
-    import methods  # noqa: F401  (registers every method module)
     from bench.tuning.presets import split_preset
 
     method, preset_options = split_preset(name)

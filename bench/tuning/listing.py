@@ -23,8 +23,6 @@ def describe_methods(verbose: bool = False) -> str:
     """The ``Methods:`` section of ``--list`` as text (no trailing newline), in the layout of the other
     sections: one line per method, its presets below it as ``@name``; ``verbose`` adds every config
     field as ``name = default (accepted values)  source`` and each preset's options and source."""
-    import methods  # noqa: F401  (registers every method module)
-
     lines = [f"Methods (write method{SEPARATOR}preset for a method with a preset's options):"]
     for entry in METHODS:
         lines.append(f"  {entry.name:<{NAME_WIDTH}} {entry.description}")

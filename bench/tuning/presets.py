@@ -61,8 +61,6 @@ def presets_of(method: str) -> list[Preset]:
 
 def find_preset(spec: str) -> Preset:
     """The preset written ``method@name``; an unknown one is answered with the method's presets."""
-    import methods  # noqa: F401  (registers every method module)
-
     method, _, name = spec.partition(SEPARATOR)
     METHODS.get(method)  # an unknown method gets the registry's message
     if spec in PRESETS:
