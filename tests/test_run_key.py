@@ -21,6 +21,8 @@ from bench.models.glip.model import NANO_WEIGHTS
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
 from bench.runs.plan import plan_cells
 from bench.runs.record import RunSpec
+from bench.train.protocol import PROTOCOLS
+from bench.tuning.base import METHODS
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +30,7 @@ SPEC = dict(model="glip-nano", method="sdpt", dataset="shapes-colours", weights=
             method_options={"num_tokens": 4, "layers": [0, 1]}, shots=3, split_seed=0, train_seed=0,
             protocol="shapes", protocol_overrides={"max_steps": 4, "milestones": [0.5]})
 WEIGHTS_DIGEST, DATA_DIGEST = "w" * 20, "d" * 20
+SETTINGS = {"method_config": {"lr": 0.01}, "protocol": {"batch_size": 2}}
 # A different value for every field of RunSpec (a new field must be added here, so that it is keyed).
 CHANGED = dict(model="glip-t", method="lora", dataset="shapes-dense", method_options={"num_tokens": 8, "layers": [0, 1]},
                shots=5, split_seed=1, train_seed=1, protocol="glip-odinw", protocol_overrides={"max_steps": 5, "milestones": [0.5]},
@@ -37,18 +40,18 @@ KEY_IN_A_FRESH_PROCESS = """
 import json, sys
 from bench.runs.record import RunSpec
 spec = RunSpec(**json.loads(sys.argv[1]))
-print(spec.key(sys.argv[2], sys.argv[3]))
+print(spec.key(sys.argv[2], sys.argv[3], json.loads(sys.argv[4])))
 """
 
 
 def key_of(**changes) -> str:
-    return RunSpec(**(SPEC | changes)).key(WEIGHTS_DIGEST, DATA_DIGEST)
+    return RunSpec(**(SPEC | changes)).key(WEIGHTS_DIGEST, DATA_DIGEST, SETTINGS)
 
 
 def test_the_key_is_the_same_in_another_process():
     ours = key_of()
     env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"}  # another str hash seed too
-    theirs = subprocess.run([sys.executable, "-c", KEY_IN_A_FRESH_PROCESS, json.dumps(SPEC), WEIGHTS_DIGEST, DATA_DIGEST],
+    theirs = subprocess.run([sys.executable, "-c", KEY_IN_A_FRESH_PROCESS, json.dumps(SPEC), WEIGHTS_DIGEST, DATA_DIGEST, json.dumps(SETTINGS)],
                             cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert theirs == ours
     assert len(ours) == 20 and int(ours, 16) >= 0
@@ -71,15 +74,52 @@ def test_every_spec_field_but_the_weights_path_is_part_of_the_key():
 def test_the_weights_path_does_not_change_the_key_but_the_weights_content_does():
     assert key_of(weights="/models/a/glip.pth") == key_of(weights="/elsewhere/glip.pth") == key_of()
     spec = RunSpec(**SPEC)
-    assert spec.key("v" * 20, DATA_DIGEST) != spec.key(WEIGHTS_DIGEST, DATA_DIGEST)
-    assert spec.key(None, DATA_DIGEST) != spec.key(WEIGHTS_DIGEST, DATA_DIGEST)
+    assert spec.key("v" * 20, DATA_DIGEST, SETTINGS) != spec.key(WEIGHTS_DIGEST, DATA_DIGEST, SETTINGS)
+    assert spec.key(None, DATA_DIGEST, SETTINGS) != spec.key(WEIGHTS_DIGEST, DATA_DIGEST, SETTINGS)
 
 
 def test_the_data_fingerprint_and_results_version_are_part_of_the_key(monkeypatch):
     spec, current = RunSpec(**SPEC), key_of()
-    assert spec.key(WEIGHTS_DIGEST, "e" * 20) != current
+    assert spec.key(WEIGHTS_DIGEST, "e" * 20, SETTINGS) != current
     monkeypatch.setattr(record_module, "RESULTS_VERSION", record_module.RESULTS_VERSION + 1)
-    assert spec.key(WEIGHTS_DIGEST, DATA_DIGEST) != current
+    assert spec.key(WEIGHTS_DIGEST, DATA_DIGEST, SETTINGS) != current
+
+
+def test_the_resolved_settings_are_part_of_the_key():
+    spec = RunSpec(**SPEC)
+    assert spec.key(WEIGHTS_DIGEST, DATA_DIGEST, SETTINGS | {"protocol": {"batch_size": 4}}) != key_of()
+
+
+def test_a_changed_default_makes_new_keys_without_a_version_bump(tmp_path_factory, monkeypatch):
+    """A method's default lr and a protocol's default field change what a run computes: the planned
+    keys change with them, while a field that changes no number (activation checkpointing) keeps them."""
+    cache = synthetic_cache(tmp_path_factory, ["shapes-colours"])
+    context = quiet_context(tmp_path_factory.mktemp("results"), cache)
+    request = tiny_request(["bitfit"], ["shapes-colours"])
+
+    def keys() -> list[str]:
+        return [cell.key for cell in plan_cells(request, context)]
+
+    before = keys()
+    bitfit = METHODS.get("bitfit")
+    faster = dataclasses.make_dataclass("FasterBitFitConfig", [("lr", float, dataclasses.field(default=bitfit.config_class().lr * 2))],
+                                        bases=(bitfit.config_class,), frozen=True,
+                                        namespace={"sources": {"lr": "ours: a test's changed default"}})
+    with monkeypatch.context() as patch:
+        patch.setattr(bitfit, "config_class", faster)
+        changed_method = keys()
+    protocol = PROTOCOLS.get(request.protocol)
+    with monkeypatch.context() as patch:
+        patch.setitem(PROTOCOLS._entries, request.protocol,
+                      dataclasses.replace(PROTOCOLS.entry(request.protocol), obj=dataclasses.replace(protocol, gamma=protocol.gamma / 2)))
+        changed_protocol = keys()
+    with monkeypatch.context() as patch:
+        other = "all" if protocol.activation_checkpointing != "all" else "off"
+        patch.setitem(PROTOCOLS._entries, request.protocol, dataclasses.replace(
+            PROTOCOLS.entry(request.protocol), obj=dataclasses.replace(protocol, activation_checkpointing=other)))
+        unchanged = keys()
+    assert len({*before, *changed_method, *changed_protocol}) == 3 * len(before)
+    assert unchanged == before and keys() == before
 
 
 def test_spec_round_trips_and_rejects_unknown_fields():

@@ -24,6 +24,7 @@ from bench.runs.plan import missing_cells, plan_cells
 from bench.runs.record import RESULTS_VERSION
 from bench.train.checkpoint import CHECKPOINT
 from bench.train.loop import BEST_WEIGHTS
+from bench.train.protocol import resolve_protocol
 from bench.tuning.base import build_method
 from tests.run_support import MODEL, TINY_PROTOCOL, plan_lines, quiet_context, synthetic_cache, tiny_request
 
@@ -113,7 +114,23 @@ def test_the_stored_file_has_the_documented_layout(sweep):
     path = sweep.context.store.result_path(sweep.cells[0].key)
     data = json.loads(path.read_text())
     assert data["key"] == sweep.cells[0].key
-    assert set(data) == {"format", "key", "spec", "metrics", "cost", "provenance"}
+    assert set(data) == {"format", "key", "spec", "metrics", "cost", "provenance", "resolved"}
+
+
+def test_each_record_stores_what_its_run_resolved_to(sweep):
+    """The method config with every default, the protocol for its shots and the catalog entry."""
+    for cell in sweep.cells:
+        resolved = sweep.records[cell.key].resolved
+        method = build_method(cell.spec.method, dict(cell.spec.method_options)).config
+        assert resolved["method_config"] == json.loads(method.to_json())
+        if cell.spec.method == "sdpt":
+            assert resolved["method_config"]["num_tokens"] == SDPT_OPTIONS["num_tokens"]
+            assert resolved["method_config"]["lr"] == method.lr  # a default, not given by the user
+        assert resolved["protocol"]["max_steps"] == STEPS and resolved["protocol"]["name"] == cell.spec.protocol
+        assert resolved["protocol"]["batch_size"] == resolve_protocol(cell.spec.protocol, cell.spec.shots_label,
+                                                                       cell.spec.protocol_overrides).batch_size
+        assert resolved["dataset"]["name"] == cell.spec.dataset and set(resolved["dataset"]["splits"]) == {"train", "val", "test"}
+        assert "source" not in resolved["dataset"]
 
 
 def test_a_finished_cell_keeps_its_selected_weights_but_not_its_checkpoint(sweep):

@@ -30,6 +30,7 @@ from bench.errors import BenchError
 from bench.models.base import DetectorBase
 from bench.runs.plan import Cell, RunContext
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
+from bench.runs.resolved import resolved_method, resolved_settings
 from bench.runs.store import RunStore
 from bench.runs.warm import base_model
 from bench.train.batches import TrainingPrompts
@@ -41,8 +42,6 @@ from bench.train.loop import BEST_WEIGHTS, TrainingJob, TrainingOutcome, autocas
 from bench.train.meters import PeakMemory
 from bench.train.protocol import resolve_protocol
 from bench.tuning.accounting import account
-from bench.tuning.base import build_method
-from bench.tuning.search import with_values
 from bench.tuning.state import save_tuned
 
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "faster-coco-eval", "pycocotools", "lvis", "numpy")
@@ -150,6 +149,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     spec = cell.spec
     store = context.store
     dataset = context.catalog().dataset(spec.dataset)
+    settings = resolved_settings(spec, dataset)  # before the captions are fitted to the model: what the key hashed
     protocol = resolve_protocol(spec.protocol, spec.shots_label, spec.protocol_overrides)
     device = pick_device(context.device)
     group = join_process_group(device)
@@ -164,9 +164,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     test_set = None if spec.is_trial else evaluation_dataset(
         open_split(dataset, "test", context.data_root, cache_root=context.cache_dir), model)
     torch.manual_seed(spec.train_seed)
-    method = build_method(spec.method, dict(spec.method_options))
-    if spec.tuned_values:
-        method = type(method)(with_values(method.config, spec.tuned_values))
+    method = resolved_method(spec)
     trainable = method.apply(model)
     model.set_activation_checkpointing(protocol.activation_checkpointing)
     if protocol.attention != "default":
@@ -216,6 +214,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
             wall_s=time.perf_counter() - tick,
         ),
         provenance=provenance(device, started) | {"frozen_cache": frozen_cache_summary(context.frozen_cache, frozen_work)},
+        resolved=settings,
     )
     store.save_result(record)
     # The result is stored: the resumable state is spent (a --force rerun must train again, not

@@ -18,6 +18,7 @@ from bench.errors import BenchError
 from bench.models import ATTENTION_KERNELS_OF, MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
 from bench.runs.record import RunSpec, shots_label
+from bench.runs.resolved import keyed_settings, resolved_settings
 from bench.runs.store import RunStore
 from bench.train.protocol import PROTOCOLS, resolve_protocol
 from bench.tuning.base import build_method
@@ -165,7 +166,11 @@ class PlanInputs:
             tuning=dict(tuning or {}),
             validation=HELD_OUT if dataset in self.held_out else DECLARED,
         )
-        return Cell(run, run.key(self.weights_fingerprint, self.data_fingerprints[dataset]))
+        settings = keyed_settings(resolved_settings(run, self.dataset(dataset)))
+        return Cell(run, run.key(self.weights_fingerprint, self.data_fingerprints[dataset], settings))
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return next(spec for spec in self.datasets if spec.name == name)
 
 
 def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None = None, tuned: bool = False,

@@ -2,13 +2,15 @@
 
 A run is a pure function of its spec: the model and its weights, the method and its options, the
 dataset, the few-shot split and the training protocol. Its key hashes the spec together with the
-fingerprints of the weights and the data and with :data:`RESULTS_VERSION`, so a result is reused only
-when everything that determines it is the same. Paths (``--data-root``, where the weights live) are
-not part of the key; the fingerprints of what they point to are.
+resolved method config and protocol (:mod:`bench.runs.resolved`: every default filled in), the
+fingerprints of the weights and the data and :data:`RESULTS_VERSION`, so a result is reused only
+when everything that determines it is the same, and a changed default makes new keys by itself.
+Paths (``--data-root``, where the weights live) are not part of the key; the fingerprints of what
+they point to are.
 
-``RESULTS_VERSION`` is bumped by any change to the code that alters what a run computes (a model
-fix, a new default in a protocol); the git commit is recorded in each result's provenance but is not
-part of the key, so unrelated commits do not invalidate finished work.
+``RESULTS_VERSION`` is bumped by a change to what the code computes from the same settings (a model
+fix, a new augmentation); the git commit is recorded in each result's provenance but is not part of
+the key, so unrelated commits do not invalidate finished work.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from bench.data.holdout import DECLARED
 from bench.errors import BenchError
 
 RESULTS_VERSION = 3  # 3: training boxes clamped to their image, mostly-outside ones left out
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: the resolved method config, protocol and catalog entry (``resolved``)
+LEGACY_RECORD_FORMATS = (1,)  # read, with ``resolved`` empty: they were made before it was stored
 FULL_DATA = "full"
 TRIAL = "trial"
 SELECTED = "selected"
@@ -108,13 +111,12 @@ class RunSpec:
             raise BenchError(f"Unknown run-spec field(s) {unknown}; valid fields: {sorted(names)}.")
         return cls(**dict(values))
 
-    def key(self, weights_fingerprint: str | None, data_fingerprint: str) -> str:
-        """The run key: a hash of the spec, the fingerprints and :data:`RESULTS_VERSION`."""
-        spec = self.to_dict() | {"weights": None}
-        if spec["validation"] == DECLARED:  # the keys of runs made before held-out validation existed
-            del spec["validation"]
+    def key(self, weights_fingerprint: str | None, data_fingerprint: str, settings: Mapping[str, Any]) -> str:
+        """The run key: a hash of the spec, its resolved ``settings``
+        (:func:`bench.runs.resolved.keyed_settings`), the fingerprints and :data:`RESULTS_VERSION`."""
         payload = {
-            "spec": spec,
+            "spec": self.to_dict() | {"weights": None},
+            "settings": settings,
             "weights": weights_fingerprint,
             "data": data_fingerprint,
             "results_version": RESULTS_VERSION,
@@ -157,7 +159,8 @@ class RunRecord:
     ``val``: metrics of the selected (best-on-validation) weights on the validation split; ``test``:
     the same weights scored once on the test split (empty for a tuning trial, which never sees test). Metric names are the evaluator's (``AP``,
     ``AP50`` ... as fractions in [0, 1]; NaN where undefined). ``best_step``: the training step of
-    the selected weights (0 for methods that do not train).
+    the selected weights (0 for methods that do not train). ``resolved``: the method config, protocol
+    and catalog entry the run resolved to (:func:`bench.runs.resolved.resolved_settings`).
     """
 
     key: str
@@ -167,6 +170,7 @@ class RunRecord:
     best_step: int
     cost: Cost
     provenance: Mapping[str, Any]
+    resolved: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         payload = {
@@ -176,6 +180,7 @@ class RunRecord:
             "metrics": {"val": dict(self.val), "test": dict(self.test), "best_step": self.best_step},
             "cost": dataclasses.asdict(self.cost) | {"trainable_percent": self.cost.trainable_percent},
             "provenance": dict(self.provenance),
+            "resolved": dict(self.resolved),
         }
         return json.dumps(payload, indent=1, sort_keys=True, allow_nan=True)
 
@@ -185,7 +190,7 @@ class RunRecord:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError(f"a record is a JSON object, found a {type(data).__name__}")
-        if data.get("format") != RECORD_FORMAT:
+        if data.get("format") not in (RECORD_FORMAT, *LEGACY_RECORD_FORMATS):
             raise ValueError(f"record format {data.get('format')!r}, expected {RECORD_FORMAT}")
         try:
             cost = dict(data["cost"])
@@ -199,6 +204,7 @@ class RunRecord:
                 best_step=int(metrics["best_step"]),
                 cost=Cost(**cost),
                 provenance=dict(data["provenance"]),
+                resolved=dict(data["resolved"]) if data["format"] == RECORD_FORMAT else {},
             )
         except AttributeError as err:  # a part of the wrong JSON type, e.g. a list where an object belongs
             raise ValueError(f"malformed record: {err}") from None

@@ -159,6 +159,11 @@ class Protocol:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "per_shots"}
 
 
+UNKEYED_PROTOCOL_FIELDS = frozenset({"description", "activation_checkpointing"})
+"""Protocol fields that change no number a run computes (prose; what the backward pass recomputes), so
+their defaults are not part of a run key (:mod:`bench.runs.resolved`); set with ``--protocol-set``
+they are, through the spec's overrides."""
+
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
