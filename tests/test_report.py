@@ -177,7 +177,7 @@ def test_pareto_front_is_the_best_score_for_at_most_that_cost() -> None:
 
 def test_figures_are_written_as_png_and_svg(report: ReportFiles) -> None:
     names = sorted(path.name for path in report.figures)
-    stems = ("ap_vs_params", "ap_vs_memory", "ap_per_dataset")
+    stems = ("ap_vs_params", "ap_vs_memory", "ap_vs_train_cost", "ap_per_dataset")
     assert names == sorted(f"{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
     for path in report.figures:
         assert path.parent.name == "figures"

@@ -94,6 +94,7 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
         "peak_memory_kind": cost.peak_memory_kind,
         "train_images_per_s": cost.train_images_per_s,
         "train_steps": cost.train_steps,
+        "wall_s": cost.wall_s,
         "protocol": protocol_label(spec),
         "tuning": tuning_label(spec),
         "setting": setting_label(spec),

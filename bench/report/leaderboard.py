@@ -136,7 +136,8 @@ def suite_summary(frame: pd.DataFrame, suite: SuiteSpec) -> pd.DataFrame:
 
 def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per row: trainable and effective parameters, percent, stored size and throughput averaged over its
-    runs (they differ only where a method's size depends on the dataset), and the largest peak memory,
+    runs (they differ only where a method's size depends on the dataset), ``wall_s`` the mean wall time
+    of one of its cells (what a user pays per dataset and seed), and the largest peak memory,
     which is what a user must provision; ``peak_memory_kind`` lists the meters involved and
     ``protocol`` the protocols of the row's runs."""
     costs = frame.groupby(ROW).agg(
@@ -147,6 +148,7 @@ def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
         peak_memory_gib=("peak_memory_gib", "max"),
         peak_memory_kind=("peak_memory_kind", lambda kinds: "+".join(sorted(set(kinds)))),
         train_images_per_s=("train_images_per_s", "mean"),
+        wall_s=("wall_s", "mean"),
         protocol=("protocol", lambda labels: "; ".join(sorted(set(labels)))),
     )
     return costs.reindex(_rows(frame))
