@@ -8,6 +8,7 @@ recorded apart (:meth:`RunStore.save_failure`) and never counts as a result.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from bench.data.prompts import fitting_chunk_size
 from bench.errors import BenchError
 from bench.models.base import DetectorBase
 from bench.runs.plan import Cell, RunContext
+from bench.runs.fingerprint import FingerprintCache, weights_fingerprint
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
 from bench.runs.resolved import resolved_method, resolved_settings
 from bench.runs.store import RunStore
@@ -42,7 +44,7 @@ from bench.train.loop import BEST_WEIGHTS, TrainingJob, TrainingOutcome, autocas
 from bench.train.meters import PeakMemory
 from bench.train.protocol import resolve_protocol
 from bench.tuning.accounting import account
-from bench.tuning.state import save_tuned
+from bench.tuning.state import NO_BASE_WEIGHTS, save_tuned
 
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "faster-coco-eval", "pycocotools", "lvis", "numpy")
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -139,6 +141,13 @@ def reuse_trial(trial: RunRecord, weights: Path, trainable: dict[str, torch.nn.P
     return TrainingOutcome(trial.best_step, dict(trial.val), cost.train_steps, False, cost.train_images_per_s, cost.eval_images_per_s)
 
 
+def run_metadata(cell: Cell, store: RunStore) -> dict[str, str]:
+    """What a cell's tuned state says about the run that made it (:data:`bench.tuning.state.RUN_METADATA`)."""
+    fingerprint = weights_fingerprint(cell.spec.weights, FingerprintCache(store.fingerprints_path))  # digested at planning
+    return {"run_key": cell.key, "run_spec": json.dumps(cell.spec.to_dict(), sort_keys=True),
+            "base_fingerprint": fingerprint or NO_BASE_WEIGHTS}
+
+
 def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     """Train and evaluate one cell, resuming from its checkpoint if one exists; store and return its record.
 
@@ -187,7 +196,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     if not group.is_main:
         return None
     if trainable:  # the weights scored below, kept beside the record (a winning trial's are reused by its replicate)
-        save_tuned(store.work_dir(cell.key) / SELECTED_WEIGHTS, model, method, trainable)
+        save_tuned(store.work_dir(cell.key) / SELECTED_WEIGHTS, model, method, trainable, run_metadata(cell, store))
     test_metrics: dict[str, float] = {}
     eval_speed = outcome.eval_images_per_s
     if test_set is not None:

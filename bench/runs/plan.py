@@ -192,7 +192,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
         check_datasets(specs, context.data_root, context.cache_dir, progress=context.progress)
     else:
         require_data(specs, context.data_root, cache_root=context.cache_dir)
-    cache = FingerprintCache(context.results / "runs" / "fingerprints.json")
+    cache = FingerprintCache(context.store.fingerprints_path)
     data = {
         spec.name: dataset_fingerprint(
             spec, {s: spec.split_paths(s, context.data_root, context.cache_dir)[1] for s in SPLITS if s in spec.splits}, cache

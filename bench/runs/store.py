@@ -46,6 +46,7 @@ class RunStore:
         # Outputs of frozen detector parts shared by the cells (bench.train.frozen_cache); a cache,
         # never a result: deleting it only costs time.
         self.frozen_cache_dir = self.root / "cache" / "frozen"
+        self.fingerprints_path = self.root / "fingerprints.json"  # bench.runs.fingerprint.FingerprintCache
 
     def result_path(self, key: str) -> Path:
         return self.done_dir / f"{key}.json"
