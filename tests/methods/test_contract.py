@@ -79,7 +79,9 @@ def test_saved_state_restores_the_tuned_model_on_a_fresh_base(name, backend, tmp
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_training_works_for_batch_sizes_and_lowers_the_loss(name, batch_size, backend, request):
     if (backend.name, name, batch_size) == ("grounding-dino", "sdpt+lora", 1):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        # not strict: whether the first update diverges depends on the CPU's BLAS kernels (it does on some
+        # machines' OpenBLAS core types, not on others), so a pass is no news either
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
             "the tiny Grounding DINO's fusion attention is as wide as its inputs (32), so its random square "
             "projections are nearly singular (second layer's image projection: smallest singular value 3.3e-4 of "
             "1.8): SDPT's pseudo-inverse magnifies its tokens up to ~5000x, and LoRA's first update on those prompts "
