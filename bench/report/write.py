@@ -15,6 +15,7 @@ from bench.report.compare import compare_to_reference
 from bench.report.comparison_tables import comparisons_markdown, comparisons_table
 from bench.report.figures import save, write_figures
 from bench.report.frame import runs_frame
+from bench.report.html import write_html
 from bench.report.leaderboard import build_leaderboard, by_shots_table
 from bench.report.ranks import rank_comparisons
 from bench.report.tables import by_shots_markdown, leaderboard_markdown, write_csv, write_markdown
@@ -28,7 +29,7 @@ class ReportFiles:
     """What :func:`write_report` wrote, and the leaderboard itself (for printing).
 
     ``figures`` are the leaderboard's figures and ``critical_difference_figures`` the rank diagram of
-    the comparisons (PNG and SVG of each).
+    the comparisons (PNG and SVG of each); ``html`` is the self-contained page that shows them all.
     """
 
     leaderboard_csv: Path
@@ -40,6 +41,7 @@ class ReportFiles:
     comparisons_markdown: Path
     critical_difference_figures: tuple[Path, ...]
     tuning: tuple[Path, ...]
+    html: Path
     leaderboard: pd.DataFrame
 
 
@@ -52,8 +54,8 @@ def write_report(
     reference: str | None = None,
     trials: Sequence[RunRecord] = (),
 ) -> ReportFiles:
-    """Write ``leaderboard.{csv,md}``, ``leaderboard_by_shots.{csv,md}``, ``comparisons.{csv,md}`` and
-    ``figures/*.{png,svg}`` under ``out_dir``.
+    """Write ``leaderboard.{csv,md}``, ``leaderboard_by_shots.{csv,md}``, ``comparisons.{csv,md}``,
+    ``figures/*.{png,svg}`` and ``index.html`` (all of them on one page) under ``out_dir``.
 
     ``out_dir`` is the results folder (finished runs live in its ``runs/done/``). ``suites`` are
     aggregated where any of their datasets has results, the first one ranking the rows; when none
@@ -73,17 +75,21 @@ def write_report(
     board = build_leaderboard(frame, suites, metric)
     by_shots = by_shots_table(board)
     paired, ranks = compare_to_reference(frame, board, reference), rank_comparisons(frame)
+    comparisons = comparisons_table(board, paired, ranks)
+    figures = tuple(write_figures(board, out_dir / "figures"))
     diagram = critical_difference_figure(ranks, board.protocol_phrase)
+    diagrams = tuple(save(diagram, out_dir / "figures" / "critical_difference"))
     return ReportFiles(
         leaderboard_csv=write_csv(board.table, out_dir / "leaderboard.csv"),
         leaderboard_markdown=write_markdown(leaderboard_markdown(board), out_dir / "leaderboard.md"),
         by_shots_csv=write_csv(by_shots, out_dir / "leaderboard_by_shots.csv"),
         by_shots_markdown=write_markdown(by_shots_markdown(board, by_shots), out_dir / "leaderboard_by_shots.md"),
-        figures=tuple(write_figures(board, out_dir / "figures")),
-        comparisons_csv=write_csv(comparisons_table(board, paired, ranks), out_dir / "comparisons.csv"),
+        figures=figures,
+        comparisons_csv=write_csv(comparisons, out_dir / "comparisons.csv"),
         comparisons_markdown=write_markdown(comparisons_markdown(board, paired, ranks), out_dir / "comparisons.md"),
-        critical_difference_figures=tuple(save(diagram, out_dir / "figures" / "critical_difference")),
+        critical_difference_figures=diagrams,
         tuning=_write_tuning(trials, records, out_dir),
+        html=write_html(board, frame, comparisons, [*figures, *diagrams], out_dir),
         leaderboard=board.table,
     )
 
