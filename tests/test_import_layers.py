@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("runs",),
     ("launch", "report", "pretrain", "profile"),
-    ("cli",),
+    ("cli", "sweep_file"),
 )
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 PLUGIN_PACKAGE = "methods"

@@ -49,6 +49,8 @@ def tuned_metadata(path: str | Path) -> dict[str, str]:
     try:
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= path.stat().st_size - 8:  # the first 8 bytes of a safetensors file: its header's length
+                raise ValueError(f"a header of {header_len} bytes in a file of {path.stat().st_size}")
             header = json.loads(f.read(header_len))
     except (OSError, ValueError) as err:
         raise BenchError(f"Tuned state {path} cannot be read ({err}); it is missing, truncated or not a safetensors file.") from None
