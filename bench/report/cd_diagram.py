@@ -25,11 +25,12 @@ BAR_STEP = 0.15  # data units between clique bars
 LABEL_STEP = 0.35  # data units between label rows
 
 
-def critical_difference_figure(comparisons: Sequence[RankComparison], protocol_phrase: str) -> Figure:
-    """The diagram of every group, stacked, titled with the protocol the runs were trained under."""
+def critical_difference_figure(comparisons: Sequence[RankComparison], setting: str) -> Figure:
+    """The diagram of every group, stacked, titled with what produced the runs (``setting``: the
+    protocol, seed replicates and tuning, :func:`bench.report.figures.setting_phrase`)."""
     heights = [1.5 + ROW_HEIGHT * math.ceil(len(c.average_ranks) / 2) for c in comparisons] or [1.5]
     figure = Figure(figsize=(8, sum(heights) + 0.5), layout="constrained")
-    figure.suptitle(f"average rank over datasets (Nemenyi critical difference, α = {ALPHA:g}); {protocol_phrase}")
+    figure.suptitle(f"average rank over datasets (Nemenyi critical difference, α = {ALPHA:g})\n{setting}")
     axes = figure.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights}).ravel()
     if not comparisons:
         axes[0].text(0.5, 0.5, "no scored runs", ha="center", va="center", transform=axes[0].transAxes)

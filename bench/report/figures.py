@@ -90,8 +90,7 @@ def _cost_figure(board: Leaderboard, cost_name: str, panel_cost: PanelCost, *, l
     rows = math.ceil(len(groups) / columns)
     figure = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
     FigureCanvasAgg(figure)  # adjustText measures the labels with this canvas's renderer
-    replicates = board.table[suite_columns(board.primary.name, board.metric).n]
-    figure.suptitle(f"{board.primary.name} test {board.metric} against {cost_name}\n{_setting(board, replicates)}")
+    figure.suptitle(f"{board.primary.name} test {board.metric} against {cost_name}\n{setting_phrase(board)}")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     labelled = []
     for ax, ((model, shots), panel) in zip(axes, groups):
@@ -123,7 +122,7 @@ def heatmap_figure(board: Leaderboard) -> Figure:
     ax.set_xticks(range(n_columns), board.datasets, rotation=45, ha="right")
     ax.set_yticks(range(n_rows), _row_labels(table))
     replicates = table[suite_columns(board.primary.name, board.metric).replicates]
-    ax.set_title(f"test {board.metric} (%) per dataset; hatched: no result\n{_setting(board, replicates)}")
+    ax.set_title(f"test {board.metric} (%) per dataset; hatched: no result\n{setting_phrase(board, replicates)}")
     figure.colorbar(image, ax=ax, label=f"test {board.metric} (%)")
     return figure
 
@@ -219,9 +218,12 @@ def _device(memory_kind: str) -> str:
     return "GPU" if memory_kind == "cuda" else "CPU"
 
 
-def _setting(board: Leaderboard, replicates: pd.Series) -> str:
+def setting_phrase(board: Leaderboard, replicates: pd.Series | None = None) -> str:
     """What produced a figure's numbers, for its title: the protocol, the number of seed replicates per
-    row (``replicates``, counting rows that have any) and how hyper-parameters were obtained."""
+    row (``replicates``, counting rows that have any; default: the primary suite's complete ones) and how
+    hyper-parameters were obtained."""
+    if replicates is None:
+        replicates = board.table[suite_columns(board.primary.name, board.metric).n]
     tunings = sorted(set("; ".join(board.table["tuning"]).split("; ")))
     return f"{board.protocol_phrase}; {_replicates_phrase(replicates)}\nhyper-parameters: {'; '.join(tunings)}"
 

@@ -13,7 +13,7 @@ from bench.errors import BenchError
 from bench.report.cd_diagram import critical_difference_figure
 from bench.report.compare import compare_to_reference
 from bench.report.comparison_tables import comparisons_markdown, comparisons_table
-from bench.report.figures import save, write_figures
+from bench.report.figures import save, setting_phrase, write_figures
 from bench.report.frame import runs_frame
 from bench.report.html import write_html
 from bench.report.leaderboard import build_leaderboard, by_shots_table
@@ -77,7 +77,7 @@ def write_report(
     paired, ranks = compare_to_reference(frame, board, reference), rank_comparisons(frame)
     comparisons = comparisons_table(board, paired, ranks)
     figures = tuple(write_figures(board, out_dir / "figures"))
-    diagram = critical_difference_figure(ranks, board.protocol_phrase)
+    diagram = critical_difference_figure(ranks, setting_phrase(board))
     diagrams = tuple(save(diagram, out_dir / "figures" / "critical_difference"))
     return ReportFiles(
         leaderboard_csv=write_csv(board.table, out_dir / "leaderboard.csv"),
