@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,9 +31,12 @@ from bench.options import key_value_argument
 from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_sweep, plan_summary
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
 from bench.runs.record import RunRecord
+from bench.runs.sweep_log import SweepLog
 from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
+from bench.sweep_file import OPTION, SweepFile, load_sweep_file, split_config_option
 from bench.train.frozen_cache import FROZEN_CACHE_MODES
 from bench.train.protocol import PROTOCOLS
+from bench.train.tracking import OFF, check_tracker, tracker_choices
 from bench.tuning.listing import describe_methods
 from bench.tuning.search import parse_tuned_fields
 
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
             "`run_bench.py report` rebuilds the leaderboards from stored results."
         ),
     )
+    parser.add_argument(OPTION, metavar="FILE", help="a sweep file (YAML) whose keys are these options, e.g. "
+                        "sweeps/odinw13.yaml; flags given here override its values (README: \"Sweep files\")")
     what = parser.add_argument_group("what to run")
     what.add_argument("--methods", type=_csv, default=[], help="comma-separated tuning methods (see --list)")
     what.add_argument("--method-set", type=key_value_argument, action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -156,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --dry-run: price cells that no finished cell prices from this step-time profile "
                           "(written by python -m bench.profile --out FILE)")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
+    how.add_argument("--log", choices=tracker_choices(), default=OFF,
+                     help="track each trained cell's loss, learning rate and validation metrics: tensorboard (event "
+                          "files in RESULTS/logs/tensorboard/<run key>/) or wandb (offline runs in RESULTS/logs/wandb/, "
+                          "wandb sync uploads them); neither package is a dependency: pip install "
+                          "'vl-peft-bench[tensorboard]' or '[wandb]' (default: off)")
     for entry in EXECUTORS:  # each executor's own options
         entry.obj.add_arguments(parser)
     inspect = parser.add_argument_group("inspect")
@@ -174,6 +185,28 @@ def build_report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suite", action="append", default=[], help="suite(s) to aggregate (default: every suite whose datasets have results)")
     parser.add_argument("--catalog", type=Path, help="a folder of your own dataset and suite *.yaml files, added to the repository's datasets/")
     parser.add_argument("--reference", help=REFERENCE_HELP)
+    return parser
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_bench.py eval",
+        description="Score a saved tuned state on its own: the base it was trained on, its method and config re-applied, "
+                    "its tensors loaded, evaluated as its run was (README: \"Evaluate a tuned state\").")
+    parser.add_argument("--tuned", type=Path, required=True, metavar="PATH",
+                        help="a cell's selected weights, RESULTS/runs/work/<run key>/selected.safetensors")
+    parser.add_argument("--dataset", help="dataset to score on (default: the one it was tuned on; see run_bench.py --list)")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--weights", help="the base weights it was trained on, when they have moved (checked by content)")
+    parser.add_argument("--tokenizer", metavar="DIR", help="GLIP: the bert-base-uncased tokenizer folder")
+    parser.add_argument("--allow-unsafe-checkpoint", action="store_true", help="read a legacy pickled checkpoint you trust")
+    parser.add_argument("--data-root", type=Path, help="folder holding the real datasets (see datasets/README.md)")
+    parser.add_argument("--cache-dir", type=Path, help="where synthetic datasets are generated")
+    parser.add_argument("--catalog", type=Path, help="a folder of your own dataset and suite *.yaml files")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results folder whose fingerprint cache to use (default: results/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -274,6 +307,20 @@ def print_dry_run_summary(cells: Sequence[Cell], todo: Sequence[Cell], context: 
     print(estimate.describe(len(todo)))
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How the sweep was asked for: the command line's words and the sweep file, for the sweep log."""
+
+    argv: Sequence[str]
+    sweep_file: SweepFile | None = None
+
+    def start_log(self, context: RunContext, args: argparse.Namespace) -> SweepLog:
+        """Write the sweep log (:mod:`bench.runs.sweep_log`), once every check has passed."""
+        arguments = {key: value for key, value in vars(args).items() if key != "launch"}
+        config = None if self.sweep_file is None else (self.sweep_file.path, self.sweep_file.text)
+        return SweepLog.start(context.store, self.argv, arguments, config)
+
+
 def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace) -> SweepOutcome:
     """Run ``cells`` on the chosen executor (:data:`bench.launch.EXECUTORS`); what finished and what failed."""
     if not cells:
@@ -283,6 +330,7 @@ def execute(cells: Sequence[Cell], context: RunContext, args: argparse.Namespace
 
 def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     EXECUTORS.get(args.executor).check(args)
+    check_tracker(args.log)
     if not args.frozen_cache_gib >= 0:
         raise BenchError(f"--frozen-cache-gib {args.frozen_cache_gib}: the cache's disk space must be 0 or more GiB "
                          "(0 keeps nothing on disk; --frozen-cache off or memory keeps nothing there either).")
@@ -292,7 +340,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
         device=args.device, workers=args.workers, progress=not args.no_progress,
         tokenizer=args.tokenizer, allow_unsafe_checkpoint=args.allow_unsafe_checkpoint,
-        frozen_cache=args.frozen_cache, frozen_cache_gib=args.frozen_cache_gib,
+        frozen_cache=args.frozen_cache, frozen_cache_gib=args.frozen_cache_gib, log=args.log,
     )
     if args.tune:
         return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))
@@ -304,7 +352,8 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         print_dry_run_summary(cells, todo, context, catalog, args.cost_model)
         return 0
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
-    return finish(cells, execute(todo, context, args), context, catalog, args)
+    log = args.launch.start_log(context, args)
+    return finish(cells, execute(todo, context, args), context, catalog, args, log)
 
 
 def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRequest, context: RunContext,
@@ -322,6 +371,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     else:
         print(f"{len(first)} trial and untuned cells: {len(first) - len(todo)} already done, running {len(todo)} "
               f"with the {args.executor} executor.")
+    log = None if args.dry_run else args.launch.start_log(context, args)
     outcome = SweepOutcome() if args.dry_run else execute(todo, context, args)
     selections, pending = select_settings(trials, validation_scores(trials, stored_records(context, trials)), tune)
     finals = final_cells(inputs, tune, selections)
@@ -339,7 +389,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
               f"(val AP {100 * selection.val_score:.1f} of {len(selection.trials)} trials)")
     print(f"{len(finals)} selected-setting cells: {len(finals) - len(final_todo)} already done, running {len(final_todo)}.")
     outcome = outcome.merge(execute(final_todo, context, args))
-    return finish([cell for cell in first if not cell.spec.is_trial] + finals, outcome, context, catalog, args, trials)
+    return finish([cell for cell in first if not cell.spec.is_trial] + finals, outcome, context, catalog, args, log, trials)
 
 
 def stored_records(context: RunContext, cells: Sequence[Cell]) -> dict[str, RunRecord]:
@@ -349,10 +399,11 @@ def stored_records(context: RunContext, cells: Sequence[Cell]) -> dict[str, RunR
 
 
 def finish(cells: Sequence[Cell], outcome: SweepOutcome, context: RunContext, catalog: Catalog, args: argparse.Namespace,
-           trials: Sequence[Cell] = ()) -> int:
-    """Report the sweep's scored cells (and the tuning trials behind them) and say what failed: what
-    a rerun cannot fix apart from what a rerun resumes."""
+           log: SweepLog, trials: Sequence[Cell] = ()) -> int:
+    """Report the sweep's scored cells (and the tuning trials behind them), complete its ``log`` and say
+    what failed: what a rerun cannot fix apart from what a rerun resumes."""
     records = list(stored_records(context, cells).values())
+    log.finish(len(cells), len(records), len(outcome.failed))
     if records:  # when every cell failed there is nothing to tabulate; say why below instead
         report(records, args.results, catalog, suites=[args.suite] if args.suite else [], reference=args.reference,
                trials=list(stored_records(context, trials).values()))
@@ -400,6 +451,18 @@ def report_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def eval_main(argv: Sequence[str]) -> int:
+    """``run_bench.py eval --tuned PATH``: score a tuned state alone (:mod:`bench.runs.evaluate_tuned`)."""
+    from bench.runs.evaluate_tuned import describe, evaluate_tuned
+
+    args = build_eval_parser().parse_args(argv)
+    context = RunContext(results=args.results, data_root=args.data_root, cache_dir=args.cache_dir, catalog_dir=args.catalog,
+                         device=args.device, progress=not args.no_progress, tokenizer=args.tokenizer,
+                         allow_unsafe_checkpoint=args.allow_unsafe_checkpoint)
+    print(describe(evaluate_tuned(args.tuned, context, args.dataset, args.split, args.weights)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -408,8 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["report"]:
             return report_main(argv[1:])
+        if argv[:1] == ["eval"]:
+            return eval_main(argv[1:])
         parser = build_parser()
-        args = parser.parse_args(argv)
+        config, given = split_config_option(argv)
+        sweep_file = load_sweep_file(config, parser) if config is not None else None
+        args = parser.parse_args([*sweep_file.arguments, *given] if sweep_file else given)
+        args.launch = Launch(argv, sweep_file)
         catalog = Catalog.with_user_folder(args.catalog)
         if args.list:
             print_catalog(catalog, verbose=args.verbose)

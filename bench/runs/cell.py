@@ -43,6 +43,7 @@ from bench.train.frozen_cache import install_frozen_cache, frozen_cache_summary
 from bench.train.loop import BEST_WEIGHTS, TrainingJob, TrainingOutcome, autocast_for, train
 from bench.train.meters import PeakMemory
 from bench.train.protocol import resolve_protocol
+from bench.train.tracking import TrackedRun, tracking
 from bench.tuning.accounting import account
 from bench.tuning.state import NO_BASE_WEIGHTS, save_tuned
 
@@ -189,10 +190,12 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     if trial is not None:  # the winning trial of this replicate already trained exactly this
         outcome = reuse_trial(trial, store.work_dir(trial.key) / SELECTED_WEIGHTS, trainable)
     else:
-        outcome = train(
-            TrainingJob(model, method, trainable, train_set, val_set, dataset, protocol, spec.train_seed,
-                        store.work_dir(cell.key), workers=context.workers, progress=context.progress, group=group)
-        )
+        with tracking(context.log, TrackedRun(cell.key, spec.to_dict(), context.results / "logs")) as tracker:
+            outcome = train(
+                TrainingJob(model, method, trainable, train_set, val_set, dataset, protocol, spec.train_seed,
+                            store.work_dir(cell.key), workers=context.workers, progress=context.progress, group=group,
+                            tracker=tracker)
+            )
     if not group.is_main:
         return None
     if trainable:  # the weights scored below, kept beside the record (a winning trial's are reused by its replicate)

@@ -39,6 +39,7 @@ class RunContext:
     allow_unsafe_checkpoint: bool = False
     frozen_cache: str = "disk"  # bench.train.frozen_cache: off, memory (per process) or disk (shared by cells)
     frozen_cache_gib: float = 8.0
+    log: str = "off"  # bench.train.tracking: off, or a tracker kind writing curves below results/logs/
 
     def model_inputs(self, weights: str | None) -> ModelInputs:
         """What the model of a cell with base ``weights`` is built from (see :class:`ModelInputs`)."""

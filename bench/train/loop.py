@@ -4,10 +4,12 @@ One call trains a method on a dataset under a :class:`Protocol`, evaluates on th
 at the protocol's interval, keeps the best-on-validation tuned weights (``best.safetensors`` in the
 work folder), stops early when validation stops improving, checkpoints atomically, and finally
 restores the best weights. The test split is never seen here: the caller scores it once, after.
+An optional :class:`~bench.train.tracking.Tracker` receives the training curves (main process only).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -31,6 +33,7 @@ from bench.train.evaluate import evaluate
 from bench.train.modes import set_training_modes
 from bench.train.optim import LearningRateSchedule, build_optimizer
 from bench.train.protocol import Protocol
+from bench.train.tracking import Tracker
 from bench.tuning.base import Method
 from bench.tuning.state import save_tuned
 
@@ -83,6 +86,7 @@ class TrainingJob:
     workers: int = 0
     progress: bool = True
     group: ProcessGroup = ProcessGroup()
+    tracker: Tracker | None = None
 
 
 def train(job: TrainingJob) -> TrainingOutcome:
@@ -105,6 +109,11 @@ def train(job: TrainingJob) -> TrainingOutcome:
                           progress=f"val @ step {step}" if job.progress else None)
             result = (ev.metrics, ev.images_per_s)
         return group.broadcast(result)
+
+    def log(scalars: dict[str, float], step: int) -> None:
+        """Hand ``scalars`` to the tracker, once: from the main process only."""
+        if job.tracker is not None and group.is_main:
+            job.tracker.log(scalars, step)
 
     if optimizer is None:  # nothing to train: the base model is the selected one
         metrics, eval_speed = validate(0)
@@ -159,6 +168,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
     while step < total and not counters["stopped_early"]:
         tick = time.perf_counter()
         schedule.step(step)
+        step_loss = torch.zeros((), device=device)  # the mean loss of the step's micro-batches
         for _ in range(protocol.grad_accumulation):
             batch = next(batches)
             targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
@@ -166,6 +176,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
                 losses = forward(batch.images.to(device), batch.sizes.to(device), batch.prompts, targets)
             loss = sum(losses.values()) / protocol.grad_accumulation
             (scaler.scale(loss) if scaler is not None else loss).backward()
+            step_loss += loss.detach()
         if scaler is not None:
             scaler.unscale_(optimizer)
         if protocol.clip_grad_norm is not None:
@@ -180,9 +191,12 @@ def train(job: TrainingJob) -> TrainingOutcome:
         counters["step"] = step
         counters["train_seconds"] += time.perf_counter() - tick
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()) * protocol.grad_accumulation:.3f}")
+        train_loss = float(step_loss)
+        bar.set_postfix(loss=f"{train_loss:.3f}")
+        log({"train/loss": train_loss, "train/lr": optimizer.param_groups[0]["lr"]}, step)
         if step % interval == 0 or step == total:
             metrics, speed = validate(step)
+            log({f"val/{name}": value for name, value in metrics.items() if not math.isnan(value)}, step)
             counters["eval_seconds"] += len(job.val_set) / speed
             counters["eval_images"] += len(job.val_set)
             counters["last_val"] = metrics
