@@ -33,7 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.cli import build_parser, build_report_parser, main
+from bench.cli import build_eval_parser, build_parser, build_report_parser, main
 from tests.run_support import TINY_PROTOCOL, synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -435,7 +435,7 @@ def declared_options(tree: ast.AST) -> set[str]:
 def test_every_option_a_message_names_exists():
     from bench.pretrain.__main__ import build_parser as build_pretrain_parser
 
-    known = {option for parser in (build_parser(), build_report_parser(), build_pretrain_parser())
+    known = {option for parser in (build_parser(), build_report_parser(), build_eval_parser(), build_pretrain_parser())
              for option in parser._option_string_actions}
     unknown = []
     for path in sorted((REPO / "bench").rglob("*.py")):
