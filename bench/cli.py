@@ -18,18 +18,19 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from bench.catalog import Catalog
 from bench.catalog_check import LEVELS, check_datasets
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
 from bench.launch import EXECUTORS
-from bench.launch.base import SweepOutcome
+from bench.launch.base import SweepOutcome, cell_label
 from bench.models import MODELS
 from bench.options import key_value_argument
 from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_sweep, plan_summary
-from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare
+from bench.runs.lease import Owner
+from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare, running_cells
 from bench.runs.record import RunRecord
 from bench.runs.sweep_log import SweepLog
 from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
@@ -284,16 +285,33 @@ def say_held_out(cells: Sequence[Cell]) -> None:
               "their test file (README: \"Held-out validation\").")
 
 
-def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], title: str = "") -> None:
+def cells_to_run(cells: Sequence[Cell], context: RunContext, force: bool) -> tuple[list[Cell], dict[str, Owner]]:
+    """The cells without a stored result (all with ``force``) that nobody runs now, and the ones another
+    runner holds the lease of, with their owners (left to them: no cell runs twice at once)."""
+    missing = missing_cells(cells, context.store, force=force)
+    running = running_cells(missing, context.store)
+    return [cell for cell in missing if cell.key not in running], running
+
+
+def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], running: Mapping[str, Owner], title: str = "") -> None:
     pending = {cell.key for cell in todo}
     for cell in cells:
         s = cell.spec
-        state = "todo" if cell.key in pending else "done"
+        state = "todo" if cell.key in pending else "running" if cell.key in running else "done"
         split = "-" if s.shots is None else ("glip" if s.split_seed is None else s.split_seed)
         values = " ".join(f"{k}={v:g}" for k, v in sorted(s.tuned_values.items()))
-        print(f"{state}  {cell.key}  {s.method_label:<28} {s.dataset:<24} shots={s.shots_label:<4} split={split} seed={s.train_seed}"
-              + (f"  {values}" if values else ""))
-    print(f"{len(cells)} {title}cells: {len(cells) - len(todo)} done, {len(todo)} to run.")
+        where = f"  ({running[cell.key].describe()})" if cell.key in running else ""
+        print(f"{state:<7}  {cell.key}  {s.method_label:<28} {s.dataset:<24} shots={s.shots_label:<4} split={split} "
+              f"seed={s.train_seed}" + (f"  {values}" if values else "") + where)
+    print(f"{len(cells)} {title}cells: {len(cells) - len(todo) - len(running)} done, "
+          + (f"{len(running)} running elsewhere, " if running else "") + f"{len(todo)} to run.")
+
+
+def say_counts(cells: Sequence[Cell], todo: Sequence[Cell], running: Mapping[str, Owner], executor: str, title: str = "") -> None:
+    """``12 cells: 4 already done, 2 running elsewhere (left to their runners), running 6 with the local executor.``"""
+    elsewhere = f"{len(running)} running elsewhere (left to their runners), " if running else ""
+    print(f"{len(cells)} {title}cells: {len(cells) - len(todo) - len(running)} already done, {elsewhere}running "
+          f"{len(todo)} with the {executor} executor.")
 
 
 def print_dry_run_summary(cells: Sequence[Cell], todo: Sequence[Cell], context: RunContext, catalog: Catalog,
@@ -346,14 +364,14 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
         return run_tuned_sweep(catalog, args, request, context, TuneRequest(args.tune, args.tune_trials, args.tune_scope))
     cells = plan_cells(request, context, catalog, check_images=not args.dry_run)
     say_held_out(cells)
-    todo = missing_cells(cells, context.store, force=args.force)
+    todo, running = cells_to_run(cells, context, args.force)
     if args.dry_run:
-        print_plan(cells, todo)
+        print_plan(cells, todo, running)
         print_dry_run_summary(cells, todo, context, catalog, args.cost_model)
         return 0
-    print(f"{len(cells)} cells: {len(cells) - len(todo)} already done, running {len(todo)} with the {args.executor} executor.")
+    say_counts(cells, todo, running, args.executor)
     log = args.launch.start_log(context, args)
-    return finish(cells, execute(todo, context, args), context, catalog, args, log)
+    return finish(cells, execute(todo, context, args).left_to(running), context, catalog, args, log)
 
 
 def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRequest, context: RunContext,
@@ -364,20 +382,19 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     trials = trial_cells(inputs, tune)
     first = trials + untuned_cells(inputs)
     say_held_out(first)
-    todo = missing_cells(first, context.store, force=args.force)
+    todo, running = cells_to_run(first, context, args.force)
     print(f"Tuning: {tune.describe()}.")
     if args.dry_run:
-        print_plan(first, todo, "trial and untuned ")
+        print_plan(first, todo, running, "trial and untuned ")
     else:
-        print(f"{len(first)} trial and untuned cells: {len(first) - len(todo)} already done, running {len(todo)} "
-              f"with the {args.executor} executor.")
+        say_counts(first, todo, running, args.executor, "trial and untuned ")
     log = None if args.dry_run else args.launch.start_log(context, args)
-    outcome = SweepOutcome() if args.dry_run else execute(todo, context, args)
+    outcome = SweepOutcome() if args.dry_run else execute(todo, context, args).left_to(running)
     selections, pending = select_settings(trials, validation_scores(trials, stored_records(context, trials)), tune)
     finals = final_cells(inputs, tune, selections)
-    final_todo = missing_cells(finals, context.store, force=args.force)
+    final_todo, final_running = cells_to_run(finals, context, args.force)
     if args.dry_run:
-        print_plan(finals, final_todo, "selected-setting ")
+        print_plan(finals, final_todo, final_running, "selected-setting ")
         if pending:
             print(f"{len(pending)} trial(s) still to run, so some selections, and their cells, are not known yet.")
         print_dry_run_summary(first + finals, todo + final_todo, context, catalog, args.cost_model)
@@ -387,8 +404,8 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
         values = ", ".join(f"{k}={v:g}" for k, v in selection.values.items())
         print(f"selected {selection.method} on {where} (shots {selection.shots or 'full'}): {values} "
               f"(val AP {100 * selection.val_score:.1f} of {len(selection.trials)} trials)")
-    print(f"{len(finals)} selected-setting cells: {len(finals) - len(final_todo)} already done, running {len(final_todo)}.")
-    outcome = outcome.merge(execute(final_todo, context, args))
+    say_counts(finals, final_todo, final_running, args.executor, "selected-setting ")
+    outcome = outcome.merge(execute(final_todo, context, args).left_to(final_running))
     return finish([cell for cell in first if not cell.spec.is_trial] + finals, outcome, context, catalog, args, log, trials)
 
 
@@ -407,6 +424,12 @@ def finish(cells: Sequence[Cell], outcome: SweepOutcome, context: RunContext, ca
     if records:  # when every cell failed there is nothing to tabulate; say why below instead
         report(records, args.results, catalog, suites=[args.suite] if args.suite else [], reference=args.reference,
                trials=list(stored_records(context, trials).values()))
+    if outcome.leased:
+        labels = {cell.key: cell_label(cell) for cell in [*cells, *trials]}
+        print(f"{len(outcome.leased)} cell(s) were being run by another runner and were left to it (their leases are in "
+              f"{context.store.leases_dir}):\n" + "\n".join(f"  {labels.get(key, key)}: {holder}"
+                                                         for key, holder in sorted(outcome.leased.items()))
+              + "\nTheir results land in this results folder; `run_bench.py report` tabulates them once they have finished.")
     transient = len(outcome.transient)
     deterministic = len(outcome.failed) - transient
     if deterministic:
@@ -492,4 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("Interrupted. Finished cells are kept and interrupted ones resume from their last checkpoint when the same "
+              "command runs again.", file=sys.stderr)
+        return 130
     return 0

@@ -35,7 +35,8 @@ from safetensors.torch import load_file
 from bench.cli import main
 from bench.errors import BenchError
 from bench.launch.local import run_local
-from bench.launch.slurm import SlurmOptions, read_attempts, run_slurm
+from bench.launch.base import read_attempts
+from bench.launch.slurm import SlurmOptions, run_slurm
 from bench.runs.cell import SELECTED_WEIGHTS
 from bench.runs.plan import plan_cells
 from bench.train.checkpoint import CHECKPOINT

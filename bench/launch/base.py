@@ -9,13 +9,16 @@ stored the same way everywhere, and reports with :class:`SweepOutcome`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
 from bench.runs.failure import is_transient
+from bench.runs.lease import Heartbeat, Leases, Owner
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
 
@@ -45,13 +48,17 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     transient: set[str] = field(default_factory=set)
+    leased: dict[str, str] = field(default_factory=dict)  # left to the live owner of their lease, described
 
-    def add(self, cell: Cell, failure: tuple[str, bool] | None, store: RunStore) -> None:
-        if failure is None:
+    def add(self, cell: Cell, result: tuple[str, bool] | Leased | None, store: RunStore) -> None:
+        if result is None:
             self.finished.append(cell.key)
             tqdm.write(finished_line(cell, store))
+        elif isinstance(result, Leased):
+            self.leased[cell.key] = result.holder
+            tqdm.write(f"running elsewhere {cell_label(cell)}: {result.holder}; left to it")
         else:
-            self.fail(cell, *failure)
+            self.fail(cell, *result)
 
     def fail(self, cell: Cell, reason: str, transient: bool) -> None:
         self.failed[cell.key] = reason
@@ -59,8 +66,13 @@ class SweepOutcome:
             self.transient.add(cell.key)
         print(f"FAILED {cell_label(cell)}: {reason}" + (" (a rerun resumes it)" if transient else ""), file=sys.stderr)
 
+    def left_to(self, running: Mapping[str, Owner]) -> "SweepOutcome":
+        """This outcome with the cells that were not started because another runner holds them."""
+        return self.merge(SweepOutcome(leased={key: owner.describe() for key, owner in running.items()}))
+
     def merge(self, other: "SweepOutcome") -> "SweepOutcome":
-        return SweepOutcome(self.finished + other.finished, self.failed | other.failed, self.transient | other.transient)
+        return SweepOutcome(self.finished + other.finished, self.failed | other.failed, self.transient | other.transient,
+                            self.leased | other.leased)
 
 
 def cell_label(cell: Cell) -> str:
@@ -81,16 +93,60 @@ def finished_line(cell: Cell, store: RunStore) -> str:
     return f"done {cell_label(cell)}: {scores or 'no scores'} in {record.cost.wall_s:.0f} s; {where}"
 
 
-def run_cell_recording_failure(cell: Cell, context: RunContext) -> tuple[str, bool] | None:
-    """Run ``cell``; on an error store it as the cell's failure and return it as text, with whether a
-    rerun may get past it, instead of raising."""
+ATTEMPTS_LOG = "attempts.log"
+"""One line per start of a cell, in its work folder: when, which SLURM job (``-`` outside SLURM) and
+process, where, and whether it resumed from a checkpoint (what a requeue or the retry round is for)."""
+
+
+def note_attempt(cell: Cell, store: RunStore, owner: Owner) -> None:
+    """Add this start of ``cell`` to its attempts log (taken under its lease, so lines never interleave)."""
+    import torch
+
+    from bench.train.checkpoint import CHECKPOINT
+
+    work = store.work_dir(cell.key)
+    start = "resumes from its checkpoint" if (work / CHECKPOINT).is_file() else "starts from scratch"
+    # The thread count is logged because CPU results are bitwise reproducible only with the same count.
+    process = f"process {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}"
+    line = (f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} job {owner.slurm_task or '-'} pid {owner.pid} "
+            f"on {owner.host} ({torch.get_num_threads()} CPU threads, {process}) {start}\n")
+    with open(work / ATTEMPTS_LOG, "a") as log:
+        log.write(line)
+
+
+def read_attempts(store: RunStore, key: str) -> list[str]:
+    """The lines :func:`note_attempt` logged for ``key``, oldest first."""
+    path = store.work_root / key / ATTEMPTS_LOG
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+@dataclass(frozen=True)
+class Leased:
+    """The cell was left alone: another live owner holds its lease (:mod:`bench.runs.lease`)."""
+
+    holder: str
+
+
+def run_cell_recording_failure(cell: Cell, context: RunContext) -> tuple[str, bool] | Leased | None:
+    """Run ``cell`` under its lease; on an error store it as the cell's failure and return it as text,
+    with whether a rerun may get past it, instead of raising. A cell whose lease another live owner
+    holds is not run (:class:`Leased`); nor is one that another runner finished since it was planned."""
     from bench.runs.cell import run_cell  # imports torch and the models: only where cells really run
 
-    try:
-        run_cell(cell, context)
-        return None
-    except Exception as error:  # noqa: BLE001 (one cell's failure must not stop the others)
-        context.store.save_failure(cell.key, cell.spec, error)
-        return f"{type(error).__name__}: {error}", is_transient(error)
+    store = context.store
+    leases, owner = Leases(store.leases_dir), Owner.this_process()
+    held = leases.take(cell.key, owner, adopt=owner.slurm_task, say=tqdm.write)
+    if held is not None:
+        return Leased(held.describe())
+    with Heartbeat(leases, cell.key, owner):
+        if not cell.rerun and store.result_path(cell.key).is_file() and store.readable_results([cell.key]):
+            return None  # finished by another runner while this one waited for it
+        note_attempt(cell, store, owner)
+        try:
+            run_cell(cell, context)
+            return None
+        except Exception as error:  # noqa: BLE001 (one cell's failure must not stop the others)
+            store.save_failure(cell.key, cell.spec, error)
+            return f"{type(error).__name__}: {error}", is_transient(error)
 
 

@@ -29,12 +29,11 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,12 +43,9 @@ from bench.errors import BenchError
 from bench.launch import EXECUTORS
 from bench.launch.base import SweepOutcome, cell_label, finished_line, run_cell_recording_failure
 from bench.options import key_value_argument
+from bench.runs.lease import Leases, Owner
 from bench.runs.plan import Cell, RunContext
 from bench.runs.store import RunStore
-
-ATTEMPTS_LOG = "slurm-attempts.log"
-"""One line per start of a cell's array task, in the cell's work folder: when, which job, where,
-and whether it resumed from a checkpoint (what a requeue or the retry round is for)."""
 
 RETRY_ROUNDS = 1
 VISIBILITY_GRACE_S = 30.0
@@ -107,11 +103,10 @@ class CellTask:
         for cell in self.cells:
             if cell.key in self.settled:
                 continue
-            self._note_attempt(cell)
-            failure = run_cell_recording_failure(cell, self.context)
+            result = run_cell_recording_failure(cell, self.context)
             self.settled.add(cell.key)
-            if failure is not None:
-                errors.append(f"{cell_label(cell)}: {failure[0]}")
+            if isinstance(result, tuple):
+                errors.append(f"{cell_label(cell)}: {result[0]}")
         return "; ".join(errors) or None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -119,33 +114,11 @@ class CellTask:
 
         return submitit.helpers.DelayedSubmission(self)
 
-    def _note_attempt(self, cell: Cell) -> None:
-        import torch
-
-        from bench.train.checkpoint import CHECKPOINT
-
-        work = self.context.store.work_dir(cell.key)
-        job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
-        start = "resumes from its checkpoint" if (work / CHECKPOINT).is_file() else "starts from scratch"
-        # The thread count is logged because CPU results are bitwise reproducible only with the same count.
-        process = f"process {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}"
-        line = (f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} job {job} on {socket.gethostname()} "
-                f"({torch.get_num_threads()} CPU threads, {process}) {start}\n")
-        with open(work / ATTEMPTS_LOG, "a") as log:
-            log.write(line)
-
 
 def packed(cells: Sequence[Cell], per_task: int) -> list[list[Cell]]:
     """``cells`` in consecutive groups of ``per_task``, one group per array task (a sweep's cells
     come method by method, so a group mostly shares one method and dataset)."""
     return [list(cells[i:i + per_task]) for i in range(0, len(cells), per_task)]
-
-
-def read_attempts(store: RunStore, key: str) -> list[str]:
-    """The lines :class:`CellTask` logged for ``key``, oldest first."""
-    path = store.work_root / key / ATTEMPTS_LOG
-    return path.read_text().splitlines() if path.is_file() else []
 
 
 # ------------------------------------------------------------------------------------ the cluster
@@ -350,10 +323,15 @@ def _settle(tasks: Sequence[Sequence[Cell]], jobs: Sequence, store: RunStore,
             before: _Before) -> tuple[SweepOutcome, dict[str, str]]:
     """Finished and failed cells of one round, and the cells to retry (killed from outside) with why."""
     outcome, retry = SweepOutcome(), {}
+    leases = Leases(store.leases_dir)
     for cell, job in ((cell, job) for task, job in zip(tasks, jobs) for cell in task):
         finished = _new_result(store, cell.key, before)
         failure = _new_failure(store, cell.key, before)
         job_outcome, _ = _job_outcome(job)
+        holder = leases.running([cell.key]).get(cell.key)
+        if not finished and failure is None and holder is not None and holder.slurm_task != job.job_id:
+            outcome.leased[cell.key] = holder.describe()  # its task found it run by another owner and left it
+            continue
         if not finished and failure is None and job_outcome == "success":
             # The task stored its result or failure: give a shared file system time to show the file.
             deadline = time.monotonic() + VISIBILITY_GRACE_S
@@ -407,6 +385,10 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
         before = _Before.take(store, todo)
         tasks = packed(todo, options.cells_per_task)
         jobs = _submit(executor, tasks, job_context)
+        leases = Leases(store.leases_dir)
+        for task, job in zip(tasks, jobs):  # a rerun before the tasks start sees them as running, not to do
+            for cell in task:
+                leases.write_queued(cell.key, Owner.queued_task(job.job_id))
         arrays = sorted({job.job_id.split("_")[0] for job in jobs})
         what = "Resubmitted" if round_ else "Submitted"
         packing = f" in {len(jobs)} task(s) of up to {options.cells_per_task} cells" if options.cells_per_task > 1 else ""
@@ -416,8 +398,9 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
             _wait(jobs, options, context.progress)
         except KeyboardInterrupt:
             print(f"Stopped waiting. SLURM job {', '.join(arrays)} keeps running and stores its results; "
-                  f"`scancel {' '.join(arrays)}` stops it. Do not start this sweep again before it has ended: "
-                  "two runs of one cell would share its checkpoint.", file=sys.stderr)
+                  f"`scancel {' '.join(arrays)}` stops it. Its cells hold leases: running this sweep again shows them "
+                  "as running and submits only the others; `run_bench.py report` tabulates what has finished.",
+                  file=sys.stderr)
             raise
         settled, retry = _settle(tasks, jobs, store, before)
         outcome = outcome.merge(settled)

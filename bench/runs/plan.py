@@ -7,6 +7,7 @@ run key, so a ``--dry-run`` over thousands of cells takes seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from bench.data.holdout import DECLARED, HELD_OUT, validation_is_test
 from bench.errors import BenchError
 from bench.models import ATTENTION_KERNELS_OF, MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
+from bench.runs.lease import Leases, Owner
 from bench.runs.record import RunSpec, shots_label
 from bench.runs.resolved import keyed_settings, resolved_settings
 from bench.runs.store import RunStore
@@ -73,8 +75,12 @@ class SweepRequest:
 
 @dataclass(frozen=True)
 class Cell:
+    """A keyed cell of a sweep. ``rerun``: run it even when a result is stored (``--force``); otherwise
+    a cell that another runner finished after this sweep was planned is not run again."""
+
     spec: RunSpec
     key: str
+    rerun: bool = False
 
 
 def validate_request(request: SweepRequest) -> None:
@@ -248,6 +254,12 @@ def unique(cells: Sequence[Cell]) -> list[Cell]:
     return list({cell.key: cell for cell in cells}.values())
 
 
+def running_cells(cells: Sequence[Cell], store: RunStore) -> dict[str, Owner]:
+    """Of ``cells``, those another runner is running now (a live lease, :mod:`bench.runs.lease`), with
+    their owners: a sweep leaves them to it instead of starting a second copy."""
+    return Leases(store.leases_dir).running(cell.key for cell in cells)
+
+
 def missing_cells(cells: Sequence[Cell], store: RunStore, force: bool = False) -> list[Cell]:
     """The cells without a readable stored result (all of them with ``force``).
 
@@ -255,7 +267,7 @@ def missing_cells(cells: Sequence[Cell], store: RunStore, force: bool = False) -
     the file replaced), with a warning naming the file.
     """
     if force:
-        return list(cells)
+        return [dataclasses.replace(cell, rerun=True) for cell in cells]
     listed = store.finished_keys()
     done = store.readable_results(cell.key for cell in cells if cell.key in listed)
     return [cell for cell in cells if cell.key not in done]

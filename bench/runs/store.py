@@ -47,6 +47,7 @@ class RunStore:
         # never a result: deleting it only costs time.
         self.frozen_cache_dir = self.root / "cache" / "frozen"
         self.fingerprints_path = self.root / "fingerprints.json"  # bench.runs.fingerprint.FingerprintCache
+        self.leases_dir = self.root / "leases"  # bench.runs.lease: who is running which cell
 
     def result_path(self, key: str) -> Path:
         return self.done_dir / f"{key}.json"
