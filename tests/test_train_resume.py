@@ -21,7 +21,7 @@ import bench.train.loop as loop
 from bench.launch.local import run_local
 from bench.runs.cell import SELECTED_WEIGHTS, run_cell
 from bench.runs.plan import plan_cells
-from bench.train.checkpoint import CHECKPOINT
+from bench.train.checkpoint import CHECKPOINT, read_checkpoint
 from bench.train.optim import LearningRateSchedule
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
 
@@ -90,7 +90,7 @@ def resumed(tmp_path_factory, uninterrupted):
         for step in (2, 5):
             with ctrl_c_before_step(step), pytest.raises(KeyboardInterrupt):
                 run_local([cell], context)  # Ctrl-C is not a cell failure: it stops the sweep
-            steps_at_interrupt.append(torch.load(checkpoint, weights_only=False)["counters"]["step"])
+            steps_at_interrupt.append(read_checkpoint(checkpoint)["counters"]["step"])
             assert not context.store.result_path(cell.key).exists()
             assert context.store.failures() == {}
         outcome = run_local([cell], context)

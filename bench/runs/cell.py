@@ -36,7 +36,7 @@ from bench.runs.resolved import resolved_method, resolved_settings
 from bench.runs.store import RunStore
 from bench.runs.warm import base_model
 from bench.train.batches import TrainingPrompts
-from bench.train.checkpoint import CHECKPOINT
+from bench.train.checkpoint import checkpoint_files
 from bench.train.distributed import join_process_group
 from bench.train.evaluate import evaluate, evaluation_dataset
 from bench.train.frozen_cache import install_frozen_cache, frozen_cache_summary
@@ -232,6 +232,6 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     # The result is stored: the resumable state is spent (a --force rerun must train again, not
     # resume at the last step), and for full fine-tuning it is gigabytes; best.safetensors is now a
     # copy of selected.safetensors.
-    for spent in (CHECKPOINT, BEST_WEIGHTS):
-        (store.work_dir(cell.key) / spent).unlink(missing_ok=True)
+    for spent in (*checkpoint_files(store.work_dir(cell.key)), store.work_dir(cell.key) / BEST_WEIGHTS):
+        spent.unlink(missing_ok=True)
     return record
