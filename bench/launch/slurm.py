@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from bench.errors import BenchError
 from bench.launch import EXECUTORS
-from bench.launch.base import SweepOutcome, cell_label, finished_line, run_cell_recording_failure
+from bench.launch.base import (ATTEMPTS_LOG, SweepOutcome, cell_label, finished_line, read_attempts,
+                               run_cell_recording_failure)
 from bench.options import key_value_argument
 from bench.runs.lease import Leases, Owner
 from bench.runs.plan import Cell, RunContext
@@ -380,7 +381,7 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
     executor = _executor(folder, options, f"bench-{stamp}")
     print(f"SLURM logs of this sweep: {folder}")
 
-    outcome, todo, reasons = SweepOutcome(), list(cells), {}
+    outcome, todo, reasons, retried = SweepOutcome(), list(cells), {}, set()
     for round_ in range(1 + RETRY_ROUNDS):
         before = _Before.take(store, todo)
         tasks = packed(todo, options.cells_per_task)
@@ -409,18 +410,32 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
         if not todo:
             break
         if round_ < RETRY_ROUNDS:
-            print(f"{len(todo)} cell(s) ended without a result or an error (cancelled or killed); "
-                  "submitting them once more to resume from their checkpoints.")
+            retried.update(cell.key for cell in todo)
+            print(f"{len(todo)} cell(s) ended without a result or an error (cancelled or killed); submitting them once "
+                  "more to resume from their checkpoints:\n" + "\n".join(f"  {cell_label(cell)}: {retry[cell.key]}"
+                                                                      for cell in todo))
     for cell in todo:  # killed or cancelled twice: still resumable from its checkpoint
         outcome.failed[cell.key] = reasons[cell.key]
         outcome.transient.add(cell.key)
     for cell in cells:
         if cell.key in outcome.finished:
-            print(finished_line(cell, store))
+            print(finished_line(cell, store) + _restarts(cell, store, cell.key in retried))
         elif cell.key in outcome.failed:
             resumable = " (a rerun resumes it)" if cell.key in outcome.transient else ""
-            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}{resumable}", file=sys.stderr)
+            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}{resumable}{_restarts(cell, store, cell.key in retried)}",
+                  file=sys.stderr)
     return outcome
+
+
+def _restarts(cell: Cell, store: RunStore, retried: bool) -> str:
+    """`` (started 3 times: requeued by SLURM, retried; attempts log P)`` for a cell that did not run in
+    one go, else nothing: what happened to it, and where to read each start."""
+    starts = read_attempts(store, cell.key)
+    if len(starts) <= 1 and not retried:
+        return ""
+    how = [word for word, happened in (("requeued by SLURM", len(starts) > 1 + retried), ("retried", retried)) if happened]
+    log = store.work_dir(cell.key) / ATTEMPTS_LOG
+    return f" (started {len(starts)} time{'s' * (len(starts) != 1)}: {', '.join(how)}; attempts log {log})"
 
 
 class SlurmExecutor:
