@@ -36,7 +36,7 @@ from bench.cli import main
 from bench.errors import BenchError
 from bench.launch.local import run_local
 from bench.launch.base import read_attempts
-from bench.launch.slurm import SlurmOptions, run_slurm
+from bench.launch.slurm import SlurmOptions, restarts_note, run_slurm
 from bench.runs.cell import SELECTED_WEIGHTS
 from bench.runs.plan import plan_cells
 from bench.train.checkpoint import CHECKPOINT
@@ -308,6 +308,28 @@ def test_a_cancelled_task_is_resubmitted_once_as_a_new_job(interrupted):
     first, second = read_attempts(interrupted.store, interrupted.cancelled.key)
     assert job_of(first) == interrupted.signalled[interrupted.cancelled.key]
     assert job_of(second).split("_")[0] != job_of(first).split("_")[0]
+
+
+@on_the_cluster
+def test_requeued_and_retried_cells_end_with_the_metrics_of_an_uninterrupted_run(interrupted, tiny_data, tmp_path):
+    """SIGUSR2 (SLURM's warning before a time limit) after the first checkpoint, and a kill: both cells
+    resume from their checkpoints and end bit for bit as the same cells run here without a break."""
+    here = context_in(tmp_path, tiny_data)
+    cells = [interrupted.preempted, interrupted.cancelled]
+    assert run_local(cells, here).finished == [cell.key for cell in cells]
+    for cell in cells:
+        a, b = here.store.read_result(cell.key), interrupted.store.read_result(cell.key)
+        assert same_scores(b.val, a.val) and same_scores(b.test, a.test) and b.best_step == a.best_step
+        mine, theirs = (load_file(c.store.work_root / cell.key / SELECTED_WEIGHTS) for c in (here, interrupted))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[n], theirs[n]) for n in mine)
+
+
+@on_the_cluster
+def test_the_launcher_says_which_cells_were_requeued_and_which_retried(interrupted):
+    requeued = restarts_note(interrupted.preempted, interrupted.store, retried=False)
+    retried = restarts_note(interrupted.cancelled, interrupted.store, retried=True)
+    assert requeued.startswith(" (started 2 times: requeued by SLURM; attempts log ") and "retried" not in requeued
+    assert retried.startswith(" (started 2 times: retried; attempts log ")
 
 
 # ------------------------------------------------------------------------- cluster errors

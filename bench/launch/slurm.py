@@ -419,15 +419,15 @@ def run_slurm(cells: Sequence[Cell], context: RunContext, options: SlurmOptions)
         outcome.transient.add(cell.key)
     for cell in cells:
         if cell.key in outcome.finished:
-            print(finished_line(cell, store) + _restarts(cell, store, cell.key in retried))
+            print(finished_line(cell, store) + restarts_note(cell, store, cell.key in retried))
         elif cell.key in outcome.failed:
             resumable = " (a rerun resumes it)" if cell.key in outcome.transient else ""
-            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}{resumable}{_restarts(cell, store, cell.key in retried)}",
+            print(f"FAILED {cell_label(cell)}: {outcome.failed[cell.key]}{resumable}{restarts_note(cell, store, cell.key in retried)}",
                   file=sys.stderr)
     return outcome
 
 
-def _restarts(cell: Cell, store: RunStore, retried: bool) -> str:
+def restarts_note(cell: Cell, store: RunStore, retried: bool) -> str:
     """`` (started 3 times: requeued by SLURM, retried; attempts log P)`` for a cell that did not run in
     one go, else nothing: what happened to it, and where to read each start."""
     starts = read_attempts(store, cell.key)
