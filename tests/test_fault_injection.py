@@ -208,3 +208,41 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_cell_still_ends_the_same(tmp_
     assert same(record.val, reference.val) and same(record.test, reference.test) and record.best_step == reference.best_step
     assert (newest.with_name(CHECKPOINT + ".damaged")).is_file()
     assert damaged == "newest" or (newest.with_name(PREVIOUS_CHECKPOINT + ".damaged")).is_file()
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_cell_at_a_write_with_nothing_corrupted(tmp_path_factory, cache, uninterrupted, monkeypatch):
+    """Every write below the results folder fails with ENOSPC: the cell fails as something a rerun
+    resumes, no partial file is left under a result's name, and once there is room the same cell ends
+    as an uninterrupted run did."""
+    import errno
+
+    import torch
+
+    import bench.files
+    from bench.launch.base import run_cell_recording_failure
+
+    method = METHODS[0]
+    results = tmp_path_factory.mktemp("full-disk")
+    cell, context = cell_of(method, results, cache)
+    real_fsync = os.fsync
+
+    def no_space(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference ran
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(bench.files.os, "fsync", no_space)
+            reason, transient = run_cell_recording_failure(cell, context)
+        assert "No space left on device" in reason and transient
+        assert not context.store.result_path(cell.key).exists()
+        assert not [path for path in results.rglob("*.tmp")]  # temporary files removed on the way out
+        assert os.fsync is real_fsync
+        assert run_cell_recording_failure(cell, context) is None
+    finally:
+        torch.set_num_threads(threads)
+    reference, _ = uninterrupted[method]
+    record = context.store.read_result(cell.key)
+    assert same(record.val, reference.val) and same(record.test, reference.test)

@@ -146,7 +146,11 @@ def run_cell_recording_failure(cell: Cell, context: RunContext) -> tuple[str, bo
             run_cell(cell, context)
             return None
         except Exception as error:  # noqa: BLE001 (one cell's failure must not stop the others)
-            store.save_failure(cell.key, cell.spec, error)
+            try:
+                store.save_failure(cell.key, cell.spec, error)
+            except OSError as unwritable:  # e.g. the disk that stopped the cell is full: say it here instead
+                print(f"The failure of {cell_label(cell)} could not be recorded in {store.failed_dir} ({unwritable}).",
+                      file=sys.stderr)
             return f"{type(error).__name__}: {error}", is_transient(error)
 
 
