@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README.md):
 #   make bench   create .venv, install the project, run the default benchmark
 #   make test    create .venv, install the project with its test tools, run the test-suite
+#   make test-soak  the minutes-long fault-injection and race tests (CI runs both)
 # The venv is rebuilt only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PYTEST_ARGS ?=
 # Empty: the default benchmark (pre-trained glip-nano, the main methods, the shapes-odinw suite).
 BENCH_ARGS ?=
 
-.PHONY: install bench test clean
+.PHONY: install bench test test-soak clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,11 @@ bench: install
 	$(PY) run_bench.py $(BENCH_ARGS)
 
 test: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+
+# The soak tests (cells killed over 20 times, two launchers racing on one results folder): CI runs them too.
+test-soak: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

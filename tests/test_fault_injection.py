@@ -149,6 +149,7 @@ def uninterrupted(tmp_path_factory, cache):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_kills_at_chosen_and_random_points_change_no_record(tmp_path_factory, cache, uninterrupted):
     chance = random.Random(SEED)
     kills, resumed_from_checkpoint = 0, 0

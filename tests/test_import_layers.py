@@ -24,14 +24,14 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "files", "detections"),
-    ("registry", "options", "devices"),
+    ("registry", "options", "devices", "sweep_file"),
     ("eval", "data"),
     ("catalog", "models"),
     ("catalog_check", "tuning"),
     ("train",),
     ("runs",),
     ("launch", "report", "pretrain", "profile"),
-    ("cli", "sweep_file"),
+    ("cli",),
 )
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 PLUGIN_PACKAGE = "methods"

@@ -126,6 +126,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_two_launchers_started_at_once_never_run_one_cell_twice(tmp_path_factory):
     cache = synthetic_cache(tmp_path_factory, [DATASET])
     results = tmp_path_factory.mktemp("shared-results")

@@ -81,7 +81,7 @@ def test_a_missing_sweep_file_is_refused(tmp_path):
 def test_a_sweep_from_a_file_runs_and_its_text_lands_in_the_sweep_log(tmp_path_factory, tmp_path, capsys):
     cache = synthetic_cache(tmp_path_factory, [DATASET])
     sweep = tmp_path / "sweep.yaml"
-    text = (f"# a tiny sweep\nmethods: [bitfit]\ndatasets: [{DATASET}]\nprotocol: shapes\n"
+    text = (f"# a tiny sweep\nmethods: [zero-shot]\ndatasets: [{DATASET}]\nprotocol: shapes\n"
             "protocol-set: {max_steps: 2, warmup_steps: 0, eval_every: 2, batch_size: 2}\nno-progress: true\n")
     sweep.write_text(text)
     results = tmp_path / "results"
@@ -90,6 +90,6 @@ def test_a_sweep_from_a_file_runs_and_its_text_lands_in_the_sweep_log(tmp_path_f
     log = json.loads(log_file.read_text())
     assert log["config"] == {"path": str(sweep), "text": text}
     assert log["argv"] == ["--config", str(sweep), "--results", str(results), "--cache-dir", str(cache)]
-    assert log["arguments"]["methods"] == ["bitfit"] and log["arguments"]["protocol_set"][0] == ["max_steps", 2]
+    assert log["arguments"]["methods"] == ["zero-shot"] and log["arguments"]["protocol_set"][0] == ["max_steps", 2]
     assert log["cells"] == {"planned": 1, "finished": 1, "failed": 0} and log["ended"] >= log["started"]
     assert len(list((results / "runs" / "done").glob("*.json"))) == 1

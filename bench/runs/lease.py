@@ -19,6 +19,7 @@ that the other has just taken.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -95,7 +96,8 @@ Queue = Callable[[], "set[str] | None"]
 def squeue_tasks() -> set[str] | None:
     """This user's pending and running SLURM tasks, one id per array task, or None without squeue."""
     try:
-        proc = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True, text=True,
+                              timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return set(proc.stdout.split()) if proc.returncode == 0 else None
