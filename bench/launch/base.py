@@ -102,10 +102,11 @@ def note_attempt(cell: Cell, store: RunStore, owner: Owner) -> None:
     """Add this start of ``cell`` to its attempts log (taken under its lease, so lines never interleave)."""
     import torch
 
-    from bench.train.checkpoint import CHECKPOINT
+    from bench.train.checkpoint import checkpoint_files
 
     work = store.work_dir(cell.key)
-    start = "resumes from its checkpoint" if (work / CHECKPOINT).is_file() else "starts from scratch"
+    resumes = any(path.is_file() for path in checkpoint_files(work))  # the newest, or the one before it
+    start = "resumes from its checkpoint" if resumes else "starts from scratch"
     # The thread count is logged because CPU results are bitwise reproducible only with the same count.
     process = f"process {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}"
     line = (f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} job {owner.slurm_task or '-'} pid {owner.pid} "

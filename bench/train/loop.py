@@ -133,7 +133,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
             scaler.load_state_dict(resumed["scaler"])
         counters.update(resumed["counters"])
         if group.is_main:
-            print(f"Resuming from step {counters['step']} of {total} ({job.work_dir / CHECKPOINT}).", flush=True)
+            print(f"Resuming from step {counters['step']} of {total} (checkpoint in {job.work_dir}).", flush=True)
     elif group.is_main:  # a fresh start: best weights left by an earlier run of this cell are not this run's
         best_path.unlink(missing_ok=True)
 
