@@ -460,7 +460,7 @@ def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites
     print(files.leaderboard_markdown.read_text())
     print(files.comparisons_markdown.read_text())
     written = "leaderboard, per-shots table, comparisons" + (", tuning trials" if files.tuning else "") + " and figures"
-    print(f"The {written} are written under {results}.")
+    print(f"The {written} are written under {results}; all of it on one page: {files.html}")
 
 
 def report_main(argv: Sequence[str]) -> int:

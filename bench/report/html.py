@@ -197,11 +197,13 @@ def _comparisons(comparisons: pd.DataFrame, metric: str) -> Table:
     )
     rows = []
     for _, row in comparisons.iterrows():
-        cells = [
-            _text(row["model"]), _shots(row["shots"]), _text(row["method"]), _text(row["reference"]),
+        paired = ([_reference_itself()] * 5 if row["method"] == row["reference"] else [
             _number(row["pairs"], lambda v: f"{v:.0f}"), _number(row["mean_difference_points"], lambda v: f"{v:+.2f}"),
             _number(row["ci95_low_points"], lambda low: f"[{low:+.2f}, {row['ci95_high_points']:+.2f}]"),
             _number(row["wilcoxon_p"], lambda v: f"{v:.3g}"), _number(row["holm_p"], lambda v: f"{v:.3g}"),
+        ])
+        cells = [
+            _text(row["model"]), _shots(row["shots"]), _text(row["method"]), _text(row["reference"]), *paired,
             _number(row["average_rank"], lambda v: number(v, 2)), _number(row["friedman_p"], lambda v: f"{v:.3g}"),
             _text("; ".join(note for note in (row["paired_note"], row["rank_note"]) if isinstance(note, str) and note)),
         ]
@@ -241,6 +243,11 @@ def _shots(label: str) -> Cell:
     """Sorted numerically, ``full`` after every shot count."""
     is_full, shots = shots_order(label)
     return Cell(label, repr(math.inf if is_full else float(shots)))
+
+
+def _reference_itself() -> Cell:
+    """A paired column of the reference's own row: not a missing result, nothing to compare."""
+    return Cell("–", "", title="the reference: every other row of its group is compared with it")
 
 
 def _missing(title: str) -> Cell:

@@ -247,24 +247,19 @@ class Leases:
 
     def _break(self, key: str, gone: Owner) -> bool:
         """Remove the lease if it is still ``gone``'s; True when this call removed it."""
-        with self._breaking(key) as mine:
-            if not mine:
-                return False
-            held = self.holder(key)
-            if held is None or held.token != gone.token:
-                return False
-            self.path(key).unlink(missing_ok=True)
-            return True
+        return self._if_held(key, gone, lambda: self.path(key).unlink(missing_ok=True))
 
     def _replace_if_held(self, key: str, current: Owner, new: Owner) -> bool:
-        """Swap ``current``'s lease for ``new`` while nobody breaks it (under the breaking marker)."""
+        """Swap ``current``'s lease for ``new`` while nobody breaks it."""
+        return self._if_held(key, current, lambda: self._write(self.path(key), new))
+
+    def _if_held(self, key: str, owner: Owner, change: Callable[[], None]) -> bool:
+        """Make ``change`` to the lease under its breaking marker, if it is still ``owner``'s; True when made."""
         with self._breaking(key) as mine:
-            if not mine:
+            held = self.holder(key) if mine else None
+            if held is None or held.token != owner.token:
                 return False
-            held = self.holder(key)
-            if held is None or held.token != current.token:
-                return False
-            self._write(self.path(key), new)
+            change()
             return True
 
 
