@@ -27,6 +27,8 @@ from bench.runs.plan import plan_cells
 from bench.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, checkpoint_files
 from tests.run_support import quiet_context, synthetic_cache, tiny_request
 
+pytestmark = [pytest.mark.slow, pytest.mark.soak]  # minutes of killed processes: make test-soak (CI runs it)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 DATASET = "shapes-colours"
 METHODS = ("bitfit", "sdpt")
@@ -148,8 +150,6 @@ def uninterrupted(tmp_path_factory, cache):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
-@pytest.mark.soak
 def test_kills_at_chosen_and_random_points_change_no_record(tmp_path_factory, cache, uninterrupted):
     chance = random.Random(SEED)
     kills, resumed_from_checkpoint = 0, 0
@@ -177,7 +177,6 @@ def test_kills_at_chosen_and_random_points_change_no_record(tmp_path_factory, ca
     assert kills >= 20 and resumed_from_checkpoint >= 8
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["newest", "both"])
 def test_a_damaged_checkpoint_is_set_aside_and_the_cell_still_ends_the_same(tmp_path_factory, cache, uninterrupted, capsys, damaged):
     method = METHODS[0]
@@ -211,7 +210,6 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_cell_still_ends_the_same(tmp_
     assert damaged == "newest" or (newest.with_name(PREVIOUS_CHECKPOINT + ".damaged")).is_file()
 
 
-@pytest.mark.slow
 def test_a_full_disk_fails_the_cell_at_a_write_with_nothing_corrupted(tmp_path_factory, cache, uninterrupted, monkeypatch):
     """Every write below the results folder fails with ENOSPC: the cell fails as something a rerun
     resumes, no partial file is left under a result's name, and once there is room the same cell ends
