@@ -49,6 +49,12 @@ def on_the_cluster(test):
     return pytest.mark.slurm(pytest.mark.slow(test))
 
 
+def soaking_on_the_cluster(test):
+    """A cluster test of the interrupted sweep (a minute and more of signals, requeues and waits): run by
+    make test-soak, which CI runs after make test."""
+    return pytest.mark.soak(on_the_cluster(test))
+
+
 DATASET = "tiny-colours"
 EVAL_IMAGES = 4
 PROTOCOL = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 2, "checkpoint_every": 1}
@@ -282,7 +288,7 @@ def interrupted(slurm_cluster, tiny_data, tmp_path_factory):
                            signalled=signalled)
 
 
-@on_the_cluster
+@soaking_on_the_cluster
 def test_interrupted_tasks_resume_from_their_checkpoints_and_finish(interrupted):
     outcome, store = interrupted.outcome, interrupted.store
     assert set(interrupted.signalled) == {interrupted.preempted.key, interrupted.cancelled.key}
@@ -297,20 +303,20 @@ def test_interrupted_tasks_resume_from_their_checkpoints_and_finish(interrupted)
         assert not (store.work_root / cell.key / CHECKPOINT).exists()  # spent once the result is stored
 
 
-@on_the_cluster
+@soaking_on_the_cluster
 def test_a_preempted_task_is_requeued_as_the_same_array_task(interrupted):
     first, second = read_attempts(interrupted.store, interrupted.preempted.key)
     assert job_of(first) == job_of(second) == interrupted.signalled[interrupted.preempted.key]
 
 
-@on_the_cluster
+@soaking_on_the_cluster
 def test_a_cancelled_task_is_resubmitted_once_as_a_new_job(interrupted):
     first, second = read_attempts(interrupted.store, interrupted.cancelled.key)
     assert job_of(first) == interrupted.signalled[interrupted.cancelled.key]
     assert job_of(second).split("_")[0] != job_of(first).split("_")[0]
 
 
-@on_the_cluster
+@soaking_on_the_cluster
 def test_requeued_and_retried_cells_end_with_the_metrics_of_an_uninterrupted_run(interrupted, tiny_data, tmp_path):
     """SIGUSR2 (SLURM's warning before a time limit) after the first checkpoint, and a kill: both cells
     resume from their checkpoints and end bit for bit as the same cells run here without a break."""
@@ -324,7 +330,7 @@ def test_requeued_and_retried_cells_end_with_the_metrics_of_an_uninterrupted_run
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[n], theirs[n]) for n in mine)
 
 
-@on_the_cluster
+@soaking_on_the_cluster
 def test_the_launcher_says_which_cells_were_requeued_and_which_retried(interrupted):
     requeued = restarts_note(interrupted.preempted, interrupted.store, retried=False)
     retried = restarts_note(interrupted.cancelled, interrupted.store, retried=True)
