@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,14 +23,18 @@ import yaml
 
 from bench.data.coco_format import CocoAnnotations, load_coco
 from bench.data.dataset import CaptionPrompt, DetectionDataset
+from bench.data.roboflow import without_roboflow_placeholder
 from bench.errors import BenchError, DataError
 from bench.registry import Registry
 
 CATALOG_DIR = Path(__file__).resolve().parents[1] / "datasets"
 SPLITS = ("train", "val", "test")
+RELEASED_SHOTS_SPLIT = re.compile(r"^train-(\d+)shot$")
+"""A training split released for K shots (CD-FSOD's ``1_shot.json``): declared as ``train-<K>shot``."""
 AGGREGATIONS = ("mean",)
 MAX_LISTED_MISSING = 10
 INVALID_BOX_POLICIES = ("refuse", "drop")
+UNKEYED_DATASET_FIELDS = ("source", "domain", "overlaps")
 
 
 def default_cache_root() -> Path:
@@ -55,6 +60,13 @@ class DatasetSpec:
     ``invalid_boxes`` says what the data check (:mod:`bench.catalog_check`) does with boxes that are
     degenerate or mostly outside their image: ``"refuse"`` them (the default, so a broken file is
     noticed) or ``"drop"`` them from training and count them, for datasets known to ship a few.
+
+    ``splits`` may hold released K-shot training splits as ``train-<K>shot`` next to ``train``, ``val``
+    and ``test`` (:attr:`released_shots`); a K-shot cell then trains on that file instead of drawing a
+    sample. ``domain`` groups a suite's members (RF100-VL's seven domains) into per-domain means.
+    ``overlaps`` maps pre-training corpora this dataset is known to share images or classes with to
+    the source of that claim (:mod:`bench.contamination`). ``roboflow_placeholder`` drops the
+    placeholder category a Roboflow COCO export carries, on the fly (:func:`load_split_annotations`).
     """
 
     name: str
@@ -70,6 +82,9 @@ class DatasetSpec:
     detections_per_image: int = 100
     generator: str | None = None
     invalid_boxes: str = "refuse"
+    domain: str | None = None
+    overlaps: Mapping[str, str] = field(default_factory=dict)
+    roboflow_placeholder: bool = False
     source: Path | None = None
 
     @property
@@ -86,10 +101,36 @@ class DatasetSpec:
             )
         return Path(data_root) / self.root
 
+    def keyed_entry(self) -> dict[str, Any]:
+        """The entry's fields that change a number, for the data fingerprint in every run key: not the
+        file it was read from, nor ``domain`` and ``overlaps`` (a grouping and a claim about the data);
+        ``roboflow_placeholder`` only when set, so entries that do not use it keep their keys."""
+        entry = {name: value for name, value in asdict(self).items() if name not in UNKEYED_DATASET_FIELDS}
+        if not self.roboflow_placeholder:
+            del entry["roboflow_placeholder"]
+        return entry
+
+    @property
+    def released_shots(self) -> dict[int, str]:
+        """``{K: split name}`` of the training splits released for K shots, in ascending K."""
+        found = {int(m.group(1)): name for name in self.splits if (m := RELEASED_SHOTS_SPLIT.match(name))}
+        return dict(sorted(found.items()))
+
+    def training_split(self, shots: int | None) -> str:
+        """The split a cell with ``shots`` trains on: the released K-shot split where there is one, else
+        ``train`` (full data, or the pool a K-shot sample is drawn from)."""
+        return self.released_shots.get(shots, "train") if shots is not None else "train"
+
     def split(self, split: str) -> SplitSpec:
         if split not in self.splits:
             raise BenchError(f"Dataset {self.name!r} has no split {split!r}; it declares {sorted(self.splits)}.")
         return self.splits[split]
+
+    def declared_splits(self, wanted: Iterable[str] = SPLITS) -> list[str]:
+        """The declared splits among ``wanted``, where ``train`` also stands for the released K-shot
+        training splits (a dataset may release only those, as CD-FSOD does)."""
+        wanted = set(wanted)
+        return [name for name in self.splits if name in wanted or ("train" in wanted and RELEASED_SHOTS_SPLIT.match(name))]
 
     def split_paths(self, split: str, data_root: Path | None, cache_root: Path | None = None) -> tuple[Path, Path]:
         """``(image folder, annotation file)`` of ``split``."""
@@ -110,12 +151,39 @@ class SuiteSpec:
     source: Path | None = None
 
 
+@dataclass(frozen=True)
+class PublishedScores:
+    """Per-dataset scores a paper or model card reports for a model in one setting, in percent.
+
+    ``tolerance`` is how far (points) a faithful re-run may land from them: published tables of the
+    same model differ by a few points between sources (checkpoint, evaluation code)."""
+
+    setting: str
+    metric: str
+    source: str
+    values: Mapping[str, float]
+    tolerance: float = 3.0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the catalog knows of a registered model: the corpora it was pre-trained on (names that
+    dataset entries' ``overlaps`` use), the source of that list, and published scores to compare with."""
+
+    name: str
+    pretraining: tuple[str, ...]
+    pretraining_source: str
+    published: tuple[PublishedScores, ...] = ()
+    source: Path | None = None
+
+
 class Catalog:
-    """All datasets and suites declared in a catalog folder, looked up by name."""
+    """All datasets, suites and model facts declared in a catalog folder, looked up by name."""
 
     def __init__(self) -> None:
         self.datasets: Registry[DatasetSpec] = Registry("dataset")
         self.suites: Registry[SuiteSpec] = Registry("suite")
+        self.models: Registry[ModelFacts] = Registry("model entry")
 
     @classmethod
     def load(cls, directory: str | Path = CATALOG_DIR) -> "Catalog":
@@ -148,6 +216,13 @@ class Catalog:
                         f"Suite {suite.name!r} in {suite.obj.source} lists dataset {name!r}, which no catalog file "
                         f"declares. {catalog.datasets.unknown_name_message(name)}"
                     )
+        for facts in catalog.models:
+            for published in facts.obj.published:
+                for name in published.values:
+                    if name not in catalog.datasets:
+                        raise BenchError(
+                            f"Model entry {facts.name!r} in {facts.obj.source} publishes a score for dataset {name!r}, which "
+                            f"no catalog file declares. {catalog.datasets.unknown_name_message(name)}")
         return catalog
 
     def _add_file(self, path: Path) -> None:
@@ -158,7 +233,7 @@ class Catalog:
                              "(datasets/README.md shows the format).") from None
         except (OSError, UnicodeDecodeError) as err:
             raise BenchError(f"Catalog file {path} cannot be read as UTF-8 text ({err}); fix or remove it.") from None
-        _check_keys(path, "the top level", doc, {"suite", "defaults", "datasets"})
+        _check_keys(path, "the top level", doc, {"suite", "defaults", "datasets", "models"})
         defaults = doc.get("defaults") or {}
         for name, entry in (doc.get("datasets") or {}).items():
             if name in self.datasets:
@@ -172,6 +247,11 @@ class Catalog:
                 raise BenchError(f"Suite {suite.name!r} is declared twice, in {self.suites.get(suite.name).source} and "
                                  f"again in {path}; names must be unique, so rename the one in your catalog folder.")
             self.suites.add(suite.name, suite, suite.description)
+        for name, entry in (doc.get("models") or {}).items():
+            if name in self.models:
+                raise BenchError(f"Model entry {name!r} is declared twice, in {self.models.get(name).source} and again in "
+                                 f"{path}; declare each model once.")
+            self.models.add(name, _model_facts(path, str(name), entry), "")
 
     def dataset(self, name: str) -> DatasetSpec:
         return self.datasets.get(name)
@@ -214,8 +294,9 @@ def _dataset_spec(path: Path, name: str, entry: dict[str, Any]) -> DatasetSpec:
                          "{images: FOLDER, annotations: FILE}.")
     splits = {}
     for split, spec in entry["splits"].items():
-        if split not in SPLITS:
-            raise BenchError(f"Catalog file {path}: {where} declares split {split!r}; valid splits are {SPLITS}.")
+        if split not in SPLITS and not RELEASED_SHOTS_SPLIT.match(str(split)):
+            raise BenchError(f"Catalog file {path}: {where} declares split {split!r}; valid splits are {SPLITS} and "
+                             "train-<K>shot for a training split released for K shots (e.g. train-10shot).")
         _check_keys(path, f"{where}, split {split!r}", spec, {"images", "annotations"})
         splits[split] = SplitSpec(str(spec["images"]), str(spec["annotations"]))
     _check_evaluator(path, where, entry.get("evaluator", "coco"), entry.get("evaluator_options") or {})
@@ -252,6 +333,10 @@ def _typed_dataset_spec(path: Path, name: str, entry: dict[str, Any], splits: di
             f"Catalog file {path}: {where} has invalid_boxes: {invalid_boxes!r}; write 'refuse' (the default: the "
             "data check stops on empty or mostly-outside boxes) or 'drop' (train without them and count them)."
         )
+    overlaps = entry.get("overlaps") or {}
+    if not isinstance(overlaps, dict) or not all(isinstance(v, str) and v for v in overlaps.values()):
+        raise BenchError(f"Catalog file {path}: {where} has overlaps that are not a mapping of pre-training corpus to "
+                         "the source of the claim, e.g. {objects365: \"its classes are Objects365 classes (paper, sec. 3)\"}.")
     return DatasetSpec(
         name=name,
         root=str(entry["root"]),
@@ -266,8 +351,17 @@ def _typed_dataset_spec(path: Path, name: str, entry: dict[str, Any], splits: di
         detections_per_image=int(entry.get("detections_per_image", 100)),
         generator=entry.get("generator"),
         invalid_boxes=invalid_boxes,
+        domain=None if entry.get("domain") is None else str(entry["domain"]),
+        overlaps={str(corpus): source for corpus, source in overlaps.items()},
+        roboflow_placeholder=_flag(path, where, "roboflow_placeholder", entry.get("roboflow_placeholder", False)),
         source=path,
     )
+
+
+def _flag(path: Path, where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BenchError(f"Catalog file {path}: {where} has {key}: {value!r}; write true or false.")
+    return value
 
 
 def _suite_spec(path: Path, entry: dict[str, Any]) -> SuiteSpec:
@@ -285,6 +379,30 @@ def _suite_spec(path: Path, entry: dict[str, Any]) -> SuiteSpec:
         aggregation=aggregation,
         source=path,
     )
+
+
+def _model_facts(path: Path, name: str, entry: Any) -> ModelFacts:
+    where = f"model entry {name!r}"
+    _check_keys(path, where, entry, {"pretraining", "pretraining_source", "published"})
+    corpora = entry.get("pretraining")
+    if not isinstance(corpora, list) or not corpora or not entry.get("pretraining_source"):
+        raise BenchError(f"Catalog file {path}: {where} needs 'pretraining' (a non-empty list of corpus names) and "
+                         "'pretraining_source' (where that list is stated).")
+    published = []
+    for index, table in enumerate(entry.get("published") or []):
+        table_where = f"{where}, published[{index}]"
+        _check_keys(path, table_where, table, {"setting", "metric", "source", "tolerance", "values"})
+        missing = [key for key in ("setting", "metric", "source", "values") if not table.get(key)]
+        if missing:
+            raise BenchError(f"Catalog file {path}: {table_where} lacks {', '.join(missing)}; each published table names "
+                             "its setting (zero-shot), metric (AP), source and {dataset: score in percent} values.")
+        try:
+            values = {str(dataset): float(score) for dataset, score in table["values"].items()}
+            tolerance = float(table.get("tolerance", 3.0))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise BenchError(f"Catalog file {path}: {table_where} has a value that is not a number ({err}).") from None
+        published.append(PublishedScores(str(table["setting"]), str(table["metric"]), str(table["source"]), values, tolerance))
+    return ModelFacts(name, tuple(str(c) for c in corpora), str(entry["pretraining_source"]), tuple(published), path)
 
 
 def materialize_synthetic(spec: DatasetSpec, cache_root: Path | None = None) -> Path:
@@ -322,9 +440,7 @@ def require_data(
         if not root.is_dir():
             missing.append(f"{spec.name}: {root}")
             continue
-        for split in splits:
-            if split not in spec.splits:
-                continue
+        for split in spec.declared_splits(splits):
             images, annotations = spec.split_paths(split, data_root, cache_root)
             for path, is_there in ((images, images.is_dir()), (annotations, annotations.is_file())):
                 if not is_there and f"{spec.name}: {path}" not in missing:
@@ -339,9 +455,12 @@ def require_data(
 
 
 def load_split_annotations(spec: DatasetSpec, split: str, data_root: Path | None, cache_root: Path | None = None) -> CocoAnnotations:
-    """A split's validated annotations with the catalog's class-name overrides applied."""
+    """A split's validated annotations, a Roboflow export's placeholder category dropped where the entry
+    says so (:mod:`bench.data.roboflow`), with the catalog's class-name overrides applied."""
     _, annotations_path = spec.split_paths(split, data_root, cache_root)
     annotations = load_coco(annotations_path)
+    if spec.roboflow_placeholder:
+        annotations = without_roboflow_placeholder(annotations)
     return annotations.with_category_names(spec.category_names) if spec.category_names else annotations
 
 

@@ -158,7 +158,7 @@ def check_datasets(
         for spec in specs:
             checker = _DatasetChecker(spec, data_root, cache_root, level, stamps)
             with tqdm(total=0, desc=spec.name, unit="image", disable=not progress) as bar:
-                summaries = [checker.check_split(split, pool, bar) for split in splits if split in spec.splits]
+                summaries = [checker.check_split(split, pool, bar) for split in spec.declared_splits(splits)]
             if checker.findings:
                 paragraphs.append(checker.paragraph())
             else:
@@ -179,7 +179,7 @@ class _DatasetChecker:
 
     def check_split(self, split: str, pool: ThreadPoolExecutor, bar: tqdm) -> SplitSummary | None:
         image_dir, annotations_path = self.spec.split_paths(split, self.data_root, self.cache_root)
-        key = self.stamps.key(image_dir, annotations_path, self.spec.invalid_boxes)
+        key = self.stamps.key(image_dir, annotations_path, self.spec)
         stamped = self.stamps.find(key, self.level)
         if stamped is not None:  # a split sharing its files with another (PascalVOC's val and test) keeps its own name
             return replace(stamped, split=split)
@@ -296,12 +296,13 @@ class _Stamps:
         self.folder = folder
 
     @staticmethod
-    def key(image_dir: Path, annotations: Path, invalid_boxes: str) -> list:
-        """What a stamp vouches for. The image folder's mtime changes when files are added, removed or
-        renamed in it, not when one is rewritten in place: the cheap check accepts that blind spot."""
+    def key(image_dir: Path, annotations: Path, spec: DatasetSpec) -> list:
+        """What a stamp vouches for: the files and the entry's keys that change how they are read. The
+        image folder's mtime changes when files are added, removed or renamed in it, not when one is
+        rewritten in place: the cheap check accepts that blind spot."""
         ann, images = annotations.stat(), image_dir.stat()
         return [CHECK_VERSION, str(annotations.resolve()), ann.st_size, ann.st_mtime_ns, str(image_dir.resolve()),
-                images.st_mtime_ns, invalid_boxes]
+                images.st_mtime_ns, spec.invalid_boxes] + (["roboflow-placeholder"] if spec.roboflow_placeholder else [])
 
     def _path(self, key: list, level: str) -> Path:
         digest = hashlib.sha256(json.dumps(key + [level]).encode()).hexdigest()[:32]

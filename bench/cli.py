@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.catalog import Catalog
+from bench.catalog import Catalog, DatasetSpec
 from bench.catalog_check import LEVELS, check_datasets
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
@@ -31,7 +31,7 @@ from bench.options import key_value_argument
 from bench.runs.estimate import PlannedTrainingImages, StepProfile, estimate_sweep, plan_summary
 from bench.runs.lease import Owner
 from bench.runs.plan import Cell, RunContext, SweepRequest, missing_cells, plan_cells, prepare, running_cells
-from bench.runs.record import RunRecord
+from bench.runs.record import RunRecord, RunSpec
 from bench.runs.sweep_log import SweepLog
 from bench.runs.tuning import SCOPES, TuneRequest, final_cells, select_settings, trial_cells, untuned_cells, validation_scores
 from bench.sweep_file import OPTION, SweepFile, load_sweep_file, split_config_option
@@ -293,18 +293,27 @@ def cells_to_run(cells: Sequence[Cell], context: RunContext, force: bool) -> tup
     return [cell for cell in missing if cell.key not in running], running
 
 
-def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], running: Mapping[str, Owner], title: str = "") -> None:
+def print_plan(cells: Sequence[Cell], todo: Sequence[Cell], running: Mapping[str, Owner], catalog: Catalog,
+               title: str = "") -> None:
     pending = {cell.key for cell in todo}
     for cell in cells:
         s = cell.spec
         state = "todo" if cell.key in pending else "running" if cell.key in running else "done"
-        split = "-" if s.shots is None else ("glip" if s.split_seed is None else s.split_seed)
+        split = "-" if s.shots is None else split_label(s, catalog.dataset(s.dataset))
         values = " ".join(f"{k}={v:g}" for k, v in sorted(s.tuned_values.items()))
         where = f"  ({running[cell.key].describe()})" if cell.key in running else ""
         print(f"{state:<7}  {cell.key}  {s.method_label:<28} {s.dataset:<24} shots={s.shots_label:<4} split={split} "
               f"seed={s.train_seed}" + (f"  {values}" if values else "") + where)
     print(f"{len(cells)} {title}cells: {len(cells) - len(todo) - len(running)} done, "
           + (f"{len(running)} running elsewhere, " if running else "") + f"{len(todo)} to run.")
+
+
+def split_label(spec: RunSpec, dataset: DatasetSpec) -> str:
+    """How a K-shot cell's training split is obtained: ``released`` (the dataset's own file for K
+    shots), ``glip`` (GLIP's deterministic sampler) or the sampler's seed."""
+    if spec.shots in dataset.released_shots:
+        return "released"
+    return "glip" if spec.split_seed is None else str(spec.split_seed)
 
 
 def say_counts(cells: Sequence[Cell], todo: Sequence[Cell], running: Mapping[str, Owner], executor: str, title: str = "") -> None:
@@ -366,7 +375,7 @@ def run_sweep(catalog: Catalog, args: argparse.Namespace) -> int:
     say_held_out(cells)
     todo, running = cells_to_run(cells, context, args.force)
     if args.dry_run:
-        print_plan(cells, todo, running)
+        print_plan(cells, todo, running, catalog)
         print_dry_run_summary(cells, todo, context, catalog, args.cost_model)
         return 0
     say_counts(cells, todo, running, args.executor)
@@ -385,7 +394,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     todo, running = cells_to_run(first, context, args.force)
     print(f"Tuning: {tune.describe()}.")
     if args.dry_run:
-        print_plan(first, todo, running, "trial and untuned ")
+        print_plan(first, todo, running, catalog, "trial and untuned ")
     else:
         say_counts(first, todo, running, args.executor, "trial and untuned ")
     log = None if args.dry_run else args.launch.start_log(context, args)
@@ -394,7 +403,7 @@ def run_tuned_sweep(catalog: Catalog, args: argparse.Namespace, request: SweepRe
     finals = final_cells(inputs, tune, selections)
     final_todo, final_running = cells_to_run(finals, context, args.force)
     if args.dry_run:
-        print_plan(finals, final_todo, final_running, "selected-setting ")
+        print_plan(finals, final_todo, final_running, catalog, "selected-setting ")
         if pending:
             print(f"{len(pending)} trial(s) still to run, so some selections, and their cells, are not known yet.")
         print_dry_run_summary(first + finals, todo + final_todo, context, catalog, args.cost_model)
@@ -456,9 +465,11 @@ def report(records: Sequence[RunRecord], results: Path, catalog: Catalog, suites
     else:  # every suite the results cover completely; none: the mean over the datasets present
         present = {record.spec.dataset for record in records}
         chosen = [entry.obj for entry in catalog.suites if set(entry.obj.datasets) <= present]
-    files = write_report(records, results, suites=chosen, reference=reference, trials=trials)
+    files = write_report(records, results, suites=chosen, reference=reference, trials=trials, catalog=catalog)
     print(files.leaderboard_markdown.read_text())
     print(files.comparisons_markdown.read_text())
+    if files.published:
+        print(files.published[1].read_text())
     written = "leaderboard, per-shots table, comparisons" + (", tuning trials" if files.tuning else "") + " and figures"
     print(f"The {written} are written under {results}; all of it on one page: {files.html}")
 

@@ -79,6 +79,7 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
     spec, cost = record.spec, record.cost
     return {
         "model": spec.model_label,
+        "base_model": spec.model if spec.weights is not None else None,  # pre-trained: what the catalog knows of
         "method": spec.method_label,
         "shots": spec.shots_label,
         "dataset": spec.dataset,

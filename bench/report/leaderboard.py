@@ -19,6 +19,7 @@ from bench.catalog import SuiteSpec
 from bench.eval.aggregate import aggregate_suite
 from bench.data.holdout import DECLARED
 from bench.report.frame import REPLICATE, ROW, shots_order
+from bench.report.overlaps import Overlap
 from bench.report.stats import mean_interval
 
 ALL_DATASETS = "all-datasets"
@@ -42,6 +43,11 @@ class Leaderboard:
     datasets: tuple[str, ...]
     protocols: tuple[str, ...]
     held_out: tuple[str, ...] = ()  # datasets whose validation was held out of their training images
+    overlaps: tuple[Overlap, ...] = ()  # (model, dataset) pairs known to overlap the model's pre-training data
+
+    def overlapping(self, model: str, dataset: str) -> bool:
+        """Whether the row of pre-trained ``model`` (a registered name) is flagged on ``dataset``."""
+        return any(o.model == model and o.dataset == dataset for o in self.overlaps)
 
     @property
     def primary(self) -> SuiteSpec:
@@ -73,8 +79,10 @@ def suite_columns(suite: str, metric: str) -> SuiteColumns:
     return SuiteColumns(f"{prefix} {metric}", f"{prefix} {metric} ci95", f"{prefix} n", f"{prefix} replicates")
 
 
-def build_leaderboard(frame: pd.DataFrame, suites: Sequence[SuiteSpec], metric: str) -> Leaderboard:
-    """The leaderboard of the runs in ``frame`` (see :func:`bench.report.frame.runs_frame`)."""
+def build_leaderboard(frame: pd.DataFrame, suites: Sequence[SuiteSpec], metric: str,
+                      overlaps: Sequence[Overlap] = ()) -> Leaderboard:
+    """The leaderboard of the runs in ``frame`` (see :func:`bench.report.frame.runs_frame`); ``overlaps``
+    are the flagged (model, dataset) pairs among them (:mod:`bench.report.overlaps`)."""
     chosen = report_suites(frame, suites)
     datasets = dataset_order(frame, chosen)
     parts = [_named_summary(frame, suite, metric) for suite in chosen]
@@ -84,7 +92,8 @@ def build_leaderboard(frame: pd.DataFrame, suites: Sequence[SuiteSpec], metric: 
     table = pd.concat(parts, axis=1).reset_index()
     table = _sorted(table, suite_columns(chosen[0].name, metric).mean)
     held_out = tuple(sorted(set(frame.loc[frame["validation"] != DECLARED, "dataset"])))
-    return Leaderboard(table, metric, tuple(chosen), tuple(datasets), tuple(sorted(set(frame["protocol"]))), held_out)
+    return Leaderboard(table, metric, tuple(chosen), tuple(datasets), tuple(sorted(set(frame["protocol"]))), held_out,
+                       tuple(overlaps))
 
 
 def report_suites(frame: pd.DataFrame, suites: Sequence[SuiteSpec]) -> list[SuiteSpec]:
@@ -139,8 +148,10 @@ def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
     runs (they differ only where a method's size depends on the dataset), ``wall_s`` the mean wall time
     of one of its cells (what a user pays per dataset and seed), and the largest peak memory,
     which is what a user must provision; ``peak_memory_kind`` lists the meters involved and
-    ``protocol`` the protocols of the row's runs."""
+    ``protocol`` the protocols of the row's runs. ``base_model`` is the registered name of the row's
+    pre-trained model (empty for a randomly initialised one), what overlap flags are keyed by."""
     costs = frame.groupby(ROW).agg(
+        base_model=("base_model", "first"),
         trainable_params=("trainable_params", "mean"),
         trainable_percent=("trainable_percent", "mean"),
         effective_params=("effective_params", "mean"),

@@ -14,10 +14,12 @@ import pandas as pd
 from bench.catalog import SuiteSpec
 from bench.data.holdout import HELD_OUT_FRACTION
 from bench.report.leaderboard import Leaderboard, dataset_column, suite_columns
+from bench.report.overlaps import WITHOUT_OVERLAPS
 from bench.runs.record import RANDOM_INIT
 from bench.files import write_atomically
 
 MISSING = "–"
+OVERLAP_MARK = " †"
 MEMORY_KINDS = {
     "cuda": "CUDA max allocated",
     "rss": "peak resident set of the process during the run (CPU)",
@@ -87,7 +89,8 @@ def leaderboard_markdown(board: Leaderboard) -> str:
     shown["train img/s"] = [number(s, 1) for s in table["train_images_per_s"]]
     shown["hyper-parameters (datasets)"] = list(table["hyperparameters"])
     for dataset in board.datasets:
-        shown[dataset] = [percent(v) for v in table[dataset_column(dataset, board.metric)]]
+        shown[dataset] = [percent(v) + (OVERLAP_MARK if board.overlapping(model, dataset) else "")
+                          for v, model in zip(table[dataset_column(dataset, board.metric)], table["base_model"])]
     tunings = sorted(set("; ".join(table["tuning"]).split("; ")))
     heading = f"# Leaderboard: test {board.metric}, {board.protocol_phrase}; hyper-parameters: {'; '.join(tunings)}"
     return f"{heading}\n\n{markdown_table(shown)}\n\n{_leaderboard_notes(board)}\n"
@@ -131,10 +134,22 @@ def _leaderboard_notes(board: Leaderboard) -> str:
         notes.append(f"Validation of {', '.join(board.held_out)} was held out of the training images (README: \"Held-out "
                      "validation\"): their validation file is their test file, so full-data runs there trained on "
                      f"{1 - HELD_OUT_FRACTION:.0%} of the training images.")
+    if board.overlaps:
+        notes.append(overlaps_note(board))
     if board.table["model"].str.endswith(RANDOM_INIT).any():
         notes.append(f"Models marked {RANDOM_INIT} were randomly initialised (--random-init): their scores measure "
                      "nothing learned, only cost.")
     return "\n".join(f"- {note}" for note in notes)
+
+
+def overlaps_note(board: Leaderboard) -> str:
+    """Which scores carry the overlap mark and why, each claim with its source."""
+    pairs = "; ".join(f"{o.model} on {o.dataset}: pre-trained on {o.corpus} ({o.pretraining_source}), which {o.dataset} "
+                      f"overlaps ({o.claim})" for o in board.overlaps)
+    derived = [suite.name for suite in board.suites if suite.name.endswith(WITHOUT_OVERLAPS)]
+    without = f" The suites {', '.join(derived)} leave the flagged datasets out." if derived else ""
+    return (f"{OVERLAP_MARK.strip()}: the model was pre-trained on data this dataset is known to overlap, so its score "
+            f"there is not a clean transfer result: {pairs}.{without}")
 
 
 def _suite_phrase(board: Leaderboard) -> str:

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from bench.catalog import SuiteSpec
+from bench.catalog import Catalog, SuiteSpec
 from bench.errors import BenchError
 from bench.report.cd_diagram import critical_difference_figure
 from bench.report.compare import compare_to_reference
@@ -17,6 +17,8 @@ from bench.report.figures import save, setting_phrase, write_figures
 from bench.report.frame import runs_frame
 from bench.report.html import write_html
 from bench.report.leaderboard import build_leaderboard, by_shots_table
+from bench.report.overlaps import derived_suites, find_overlaps
+from bench.report.published import published_comparison, published_markdown
 from bench.report.ranks import rank_comparisons
 from bench.report.tables import by_shots_markdown, leaderboard_markdown, write_csv, write_markdown
 from bench.report.tuning_table import tuning_markdown, tuning_table
@@ -41,6 +43,7 @@ class ReportFiles:
     comparisons_markdown: Path
     critical_difference_figures: tuple[Path, ...]
     tuning: tuple[Path, ...]
+    published: tuple[Path, ...]
     html: Path
     leaderboard: pd.DataFrame
 
@@ -53,6 +56,7 @@ def write_report(
     metric: str = "AP",
     reference: str | None = None,
     trials: Sequence[RunRecord] = (),
+    catalog: Catalog | None = None,
 ) -> ReportFiles:
     """Write ``leaderboard.{csv,md}``, ``leaderboard_by_shots.{csv,md}``, ``comparisons.{csv,md}``,
     ``figures/*.{png,svg}`` and ``index.html`` (all of them on one page) under ``out_dir``.
@@ -63,6 +67,9 @@ def write_report(
     test metrics. ``reference`` is the method every other one is compared with in each (model,
     shots) group (:mod:`bench.report.compare`); None compares with each group's best row. ``trials``:
     the ``--tune`` trials behind the records (validation only), listed in ``tuning.{csv,md}``.
+    ``catalog``: where model entries and dataset claims come from (:mod:`bench.report.overlaps`):
+    flagged pairs are marked, each suite with flagged members is also scored without them and a suite
+    with domains per domain; zero-shot rows are compared with published scores in ``published.{csv,md}``.
     """
     out_dir = Path(out_dir)
     if not records:
@@ -72,7 +79,10 @@ def write_report(
             f"--results {out_dir}, or pass --results the folder your runs were written to."
         )
     frame = runs_frame(records, metric)
-    board = build_leaderboard(frame, suites, metric)
+    overlaps = find_overlaps(catalog, frame["base_model"].dropna(), frame["dataset"]) if catalog is not None else ()
+    if catalog is not None:
+        suites = derived_suites(catalog, suites, overlaps)
+    board = build_leaderboard(frame, suites, metric, overlaps)
     by_shots = by_shots_table(board)
     paired, ranks = compare_to_reference(frame, board, reference), rank_comparisons(frame)
     comparisons = comparisons_table(board, paired, ranks)
@@ -89,9 +99,18 @@ def write_report(
         comparisons_markdown=write_markdown(comparisons_markdown(board, paired, ranks), out_dir / "comparisons.md"),
         critical_difference_figures=diagrams,
         tuning=_write_tuning(trials, records, out_dir),
+        published=_write_published(frame, catalog, metric, out_dir),
         html=write_html(board, frame, comparisons, [*figures, *diagrams], out_dir),
         leaderboard=board.table,
     )
+
+
+def _write_published(frame: pd.DataFrame, catalog: Catalog | None, metric: str, out_dir: Path) -> tuple[Path, ...]:
+    """``published.{csv,md}`` when zero-shot rows have published scores to compare with, else nothing."""
+    table = published_comparison(frame, catalog, metric) if catalog is not None else pd.DataFrame()
+    if table.empty:
+        return ()
+    return write_csv(table, out_dir / "published.csv"), write_markdown(published_markdown(table, metric), out_dir / "published.md")
 
 
 def _write_tuning(trials: Sequence[RunRecord], records: Sequence[RunRecord], out_dir: Path) -> tuple[Path, ...]:

@@ -105,10 +105,19 @@ def used_text_positions(train_set: DetectionDataset, model: DetectorBase, datase
 
 
 def training_and_validation(dataset: DatasetSpec, spec: RunSpec, context: RunContext) -> tuple[DetectionDataset, DetectionDataset]:
-    """The cell's training set (full, or its K-shot sample) and its validation set: the dataset's own
-    validation split, or (``spec.validation`` held out) one drawn from the training images that the
-    training set does not use (:mod:`bench.data.holdout`)."""
+    """The cell's training set (full, its K-shot sample, or the split the dataset released for K shots)
+    and its validation set: the dataset's own validation split, or (``spec.validation`` held out) one
+    drawn from the training images that the training set does not use (:mod:`bench.data.holdout`)."""
     where = {"cache_root": context.cache_dir}
+    released = dataset.training_split(spec.shots)
+    if released != "train":
+        if spec.validation == DECLARED:
+            return (open_split(dataset, released, context.data_root, **where),
+                    open_split(dataset, "val", context.data_root, **where))
+        sample = load_split_annotations(dataset, released, context.data_root, context.cache_dir)
+        training, validation = split_off_validation(load_split_annotations(dataset, "train", context.data_root, context.cache_dir), sample)
+        return (open_split(dataset, released, context.data_root, annotations=training, **where),
+                open_split(dataset, "train", context.data_root, annotations=validation, **where))
     train = load_split_annotations(dataset, "train", context.data_root, context.cache_dir)
     sample = None if spec.shots is None else few_shot_subset(
         train, spec.shots, spec.split_seed, split_dir=dataset.split_paths("train", context.data_root, context.cache_dir)[1].parent)

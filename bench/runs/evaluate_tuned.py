@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.catalog import Catalog, DatasetSpec, open_split, require_data
+from bench.catalog import open_split, require_data
 from bench.devices import check_device, pick_device
 from bench.errors import BenchError
 from bench.models import PACKAGED_WEIGHTS, check_model_inputs

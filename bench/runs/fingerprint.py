@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-from bench.catalog import SPLITS, DatasetSpec
+from bench.catalog import DatasetSpec
 from bench.files import write_atomically
 
 CHUNK = 1 << 20
@@ -67,8 +66,8 @@ def dataset_fingerprint(spec: DatasetSpec, annotation_files: dict[str, Path], ca
     """The dataset's catalog entry (minus where it was read from) and the digests of its annotation
     files, including the prepared few-shot splits (``fewshot_*.json``) beside the training file,
     which the few-shot sampler uses when they exist."""
-    entry = {k: v for k, v in asdict(spec).items() if k != "source"}
-    files = {split: cache.file_digest(annotation_files[split]) for split in SPLITS if split in annotation_files}
+    entry = spec.keyed_entry()
+    files = {split: cache.file_digest(path) for split, path in annotation_files.items()}
     if "train" in annotation_files:
         for prepared in sorted(annotation_files["train"].parent.glob("fewshot_*.json")):
             files[prepared.name] = cache.file_digest(prepared)

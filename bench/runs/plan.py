@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.catalog import SPLITS, Catalog, DatasetSpec, require_data
+from bench.catalog import Catalog, DatasetSpec, require_data
 from bench.data.holdout import DECLARED, HELD_OUT, validation_is_test
 from bench.errors import BenchError
 from bench.models import ATTENTION_KERNELS_OF, MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
@@ -103,6 +103,21 @@ def validate_request(request: SweepRequest) -> None:
                              f"protocol's attention at default or use --protocol-set attention={kernels[0]}.")
 
 
+def check_training_splits(request: SweepRequest, specs: Sequence[DatasetSpec]) -> None:
+    """Refuse shots a dataset has no training data for: full data or a drawn K-shot sample needs its
+    ``train`` split, which a dataset that releases only K-shot splits (CD-FSOD) does not declare."""
+    for spec in specs:
+        if "train" in spec.splits:
+            continue
+        wanted = [shots for shots in request.shots if shots not in spec.released_shots]
+        if wanted:
+            released = ", ".join(str(k) for k in spec.released_shots) or "none"
+            raise BenchError(
+                f"Dataset {spec.name!r} has no full training split, only the splits released for {released} shot(s), "
+                f"so it cannot be trained at shots {', '.join(shots_label(k) for k in wanted)}. Pass --shots with those "
+                f"values (e.g. --shots {','.join(str(k) for k in spec.released_shots)}), or leave the dataset out.")
+
+
 def held_out_validation(request: SweepRequest, specs: Sequence[DatasetSpec], context: RunContext,
                         tuned: bool = False) -> frozenset[str]:
     """The datasets whose validation must be held out of their training images: those whose validation
@@ -189,6 +204,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     validate_request(request)
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
+    check_training_splits(request, specs)
     held_out = held_out_validation(request, specs, context, tuned)
     weights = resolve_weights(request)
     check_model_inputs(request.model, context.model_inputs(weights))  # once per sweep, before any cell
@@ -202,7 +218,7 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     cache = FingerprintCache(context.store.fingerprints_path)
     data = {
         spec.name: dataset_fingerprint(
-            spec, {s: spec.split_paths(s, context.data_root, context.cache_dir)[1] for s in SPLITS if s in spec.splits}, cache
+            spec, {s: spec.split_paths(s, context.data_root, context.cache_dir)[1] for s in spec.splits}, cache
         )
         for spec in specs
     }
@@ -211,16 +227,17 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     return PlanInputs(request, tuple(specs), data, weights, weights_digest, held_out)
 
 
-def seed_pairs(request: SweepRequest, method: str, shots: int | None) -> list[tuple[int | None, int]]:
-    """The (split seed, training seed) replicates of ``method`` at ``shots``.
+def seed_pairs(request: SweepRequest, method: str, shots: int | None, dataset: DatasetSpec) -> list[tuple[int | None, int]]:
+    """The (split seed, training seed) replicates of ``method`` at ``shots`` on ``dataset``.
 
     A method that trains nothing (zero-shot) is deterministic and reads no training split, so it gets
-    one cell, whatever the seeds. Full data has no split to draw. Otherwise ``split_seeds`` None pairs
-    each training seed with the same split seed, and given split seeds are crossed with the seeds.
+    one cell, whatever the seeds. Full data has no split to draw, nor has a split the dataset released
+    for these shots (CD-FSOD's). Otherwise ``split_seeds`` None pairs each training seed with the same
+    split seed, and given split seeds are crossed with the seeds.
     """
     if not method_trains(request, method):
         return [(None, request.seeds[0])]
-    if shots is None:
+    if shots is None or shots in dataset.released_shots:
         return [(None, s) for s in request.seeds]
     if request.split_seeds is None:
         return [(s, s) for s in request.seeds]
@@ -238,7 +255,7 @@ def replicate_cells(inputs: PlanInputs, methods: Sequence[str]) -> list[Cell]:
     return unique([
         inputs.cell(method, spec.name, shots, split_seed, train_seed)
         for method, spec, shots in itertools.product(methods, inputs.datasets, request.shots)
-        for split_seed, train_seed in seed_pairs(request, method, shots)
+        for split_seed, train_seed in seed_pairs(request, method, shots, spec)
     ])
 
 

@@ -82,7 +82,7 @@ def trial_cells(inputs: PlanInputs, tune: TuneRequest) -> list[Cell]:
         for values in _trial_settings(inputs, method, tune):
             for spec in inputs.datasets:
                 for shots in request.shots:
-                    split_seed, train_seed = seed_pairs(request, method, shots)[0]
+                    split_seed, train_seed = seed_pairs(request, method, shots, spec)[0]
                     cells.append(inputs.cell(method, spec.name, shots, split_seed, train_seed,
                                              {"stage": TRIAL, "values": values}))
     return unique(cells)
@@ -155,7 +155,7 @@ def final_cells(inputs: PlanInputs, tune: TuneRequest,
                     "stage": SELECTED, "values": dict(selection.values), "fields": list(tune.fields),
                     "trials": len(selection.trials), "scope": tune.scope, "selected_on": f"val {SELECTION_METRIC}",
                 }
-                replicates = seed_pairs(request, method, shots)
+                replicates = seed_pairs(request, method, shots, spec)
                 trial = inputs.cell(method, spec.name, shots, *replicates[0], {"stage": TRIAL, "values": dict(selection.values)})
                 for split_seed, train_seed in replicates:
                     reuse = {"from_trial": trial.key} if (split_seed, train_seed) == replicates[0] else {}
