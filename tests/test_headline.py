@@ -2,7 +2,7 @@
 
 ``python run_bench.py --methods sdpt,vpt,lora --suite odinw13 --data-root DATA`` (a user adds
 ``--model glip-t --weights glip_tiny_model_o365_goldg.pth``; here the packaged CPU model
-``glip-nano``, which needs no ``--weights``) on :func:`tests.odinw_tree.build_odinw13_tree`:
+``glip-nano``, which needs no ``--weights``) on :func:`tests.suite_tree.build_odinw13_tree`:
 the data check, the plan, and the whole sweep end to end on the local executor, cut to one step a
 cell, then the same command again, which finds every cell done.
 """
@@ -20,7 +20,7 @@ from bench.catalog import Catalog
 from bench.cli import main
 from bench.data.holdout import DECLARED, HELD_OUT
 from bench.runs.store import RunStore
-from tests.odinw_tree import build_odinw13_tree
+from tests.suite_tree import build_odinw13_tree
 
 METHODS = ("sdpt", "vpt", "lora")
 HEADLINE = ["--methods", ",".join(METHODS), "--suite", "odinw13"]
