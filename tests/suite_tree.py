@@ -9,7 +9,8 @@ are one file (written once), EgoHands and Vehicles validate on ``mini_val``, and
 images and its three annotation files in one folder; RF100-VL's files are Roboflow exports
 (``_annotations.coco.json`` beside the images, the placeholder category 0 named after the dataset
 with supercategory ``none``, the real classes from id 1, annotation ids from 0), and its released
-10-shot suites declare only ``train-10shot``. If the YAML changes, the tree changes with it.
+10-shot suites declare only ``train-10shot``; CD-FSOD's released K-shot files hold the first K
+images of its training pool. If the YAML changes, the tree changes with it.
 
 Each split holds a few small JPEG images (64x48, one coloured rectangle per box on a plain
 background, real JPEG files with their end marker) and a COCO-format annotation file: ``images``
@@ -59,14 +60,22 @@ def build_suite_tree(root: Path, suite: str, images_per_split: int = 3, seed: in
     for name in datasets or catalog.suite(suite).datasets:
         spec = catalog.dataset(name)
         written: set[Path] = set()
+        drawn_from_pool = set(spec.released_shots.values()) if "train" in spec.splits else set()
         for split in spec.splits:
             image_dir, annotation_file = spec.split_paths(split, root)
-            if annotation_file.resolve() in written:  # e.g. PascalVOC: val and test are one file
+            if annotation_file.resolve() in written or split in drawn_from_pool:  # PascalVOC: val and test are one file
                 continue
             count = train_images if split.startswith("train") else images_per_split
             rng = random.Random(zlib.crc32(f"{seed}/{name}/{split}".encode()))
             _write_split(spec, split, image_dir, annotation_file, count, rng)
             written.add(annotation_file.resolve())
+        for shots, split in spec.released_shots.items():
+            if split in drawn_from_pool:  # CD-FSOD: the first K images of the training pool
+                pool = json.loads(spec.split_paths("train", root)[1].read_text())
+                kept = {image["id"] for image in pool["images"][:shots]}
+                released = {**pool, "images": [i for i in pool["images"] if i["id"] in kept],
+                            "annotations": [a for a in pool["annotations"] if a["image_id"] in kept]}
+                spec.split_paths(split, root)[1].write_text(json.dumps(released))
     return root
 
 

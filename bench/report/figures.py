@@ -36,6 +36,7 @@ from bench.report.stats import pareto_front
 from bench.runs.record import FULL_DATA
 
 PANEL_COLUMNS = 3
+WIDE_HEATMAP = 20  # datasets above which the per-dataset heatmap uses narrow columns
 FORMATS = (".png", ".svg")
 SVG_SALT = "vl-peft-bench"  # fixed ids in SVG files: an unchanged figure rewrites to identical bytes
 LABEL_ITERATIONS = 200  # adjustText's default is a 1 s time limit, which makes placement depend on load
@@ -111,14 +112,20 @@ def heatmap_figure(board: Leaderboard) -> Figure:
     table = board.table
     values = 100 * table[[dataset_column(d, board.metric) for d in board.datasets]].to_numpy(dtype=float)
     n_rows, n_columns = values.shape
-    figure = Figure(figsize=(2.5 + 0.8 * n_columns, 1.5 + 0.4 * n_rows), layout="constrained")
+    # Narrower columns and smaller numbers for many datasets (RF100-VL's 100); the rotated names below
+    # the cells need height of their own, or a one-row figure has no room left for its cells.
+    wide = n_columns > WIDE_HEATMAP
+    longest = max((len(name) for name in board.datasets), default=0)
+    figure = Figure(figsize=(2.5 + (0.4 if wide else 0.8) * n_columns, 2.0 + 0.4 * n_rows + 0.06 * longest),
+                    layout="constrained")
     ax = figure.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
     for i, j in np.argwhere(np.isnan(values)):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.75", linewidth=0))
     for i, j in np.argwhere(~np.isnan(values)):
         bright = image.norm(values[i, j]) > 0.6  # the top of viridis is yellow: dark text reads there
-        ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
+        ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=5 if wide else 8,
+                color="black" if bright else "white")
     ax.set_xticks(range(n_columns), board.datasets, rotation=45, ha="right")
     ax.set_yticks(range(n_rows), _row_labels(table))
     replicates = table[suite_columns(board.primary.name, board.metric).replicates]
