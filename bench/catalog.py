@@ -155,13 +155,17 @@ class SuiteSpec:
 class PublishedScores:
     """Per-dataset scores a paper or model card reports for a model in one setting, in percent.
 
-    ``tolerance`` is how far (points) a faithful re-run may land from them: published tables of the
-    same model differ by a few points between sources (checkpoint, evaluation code)."""
+    ``split`` is the catalog split they were measured on (``val`` or ``test``); ``weights`` the file
+    or folder name of the checkpoint they belong to (None: the model has one). ``tolerance`` is how
+    far (points) a faithful re-run may land from them: published tables of the same model differ by a
+    few points between sources (checkpoint, evaluation code)."""
 
     setting: str
     metric: str
     source: str
     values: Mapping[str, float]
+    split: str = "test"
+    weights: str | None = None
     tolerance: float = 3.0
 
 
@@ -391,7 +395,9 @@ def _model_facts(path: Path, name: str, entry: Any) -> ModelFacts:
     published = []
     for index, table in enumerate(entry.get("published") or []):
         table_where = f"{where}, published[{index}]"
-        _check_keys(path, table_where, table, {"setting", "metric", "source", "tolerance", "values"})
+        _check_keys(path, table_where, table, {"setting", "metric", "source", "split", "weights", "tolerance", "values"})
+        if table.get("split", "test") not in ("val", "test"):
+            raise BenchError(f"Catalog file {path}: {table_where} has split {table.get('split')!r}; write val or test.")
         missing = [key for key in ("setting", "metric", "source", "values") if not table.get(key)]
         if missing:
             raise BenchError(f"Catalog file {path}: {table_where} lacks {', '.join(missing)}; each published table names "
@@ -401,7 +407,9 @@ def _model_facts(path: Path, name: str, entry: Any) -> ModelFacts:
             tolerance = float(table.get("tolerance", 3.0))
         except (TypeError, ValueError, AttributeError) as err:
             raise BenchError(f"Catalog file {path}: {table_where} has a value that is not a number ({err}).") from None
-        published.append(PublishedScores(str(table["setting"]), str(table["metric"]), str(table["source"]), values, tolerance))
+        weights = None if table.get("weights") is None else str(table["weights"])
+        published.append(PublishedScores(str(table["setting"]), str(table["metric"]), str(table["source"]), values,
+                                         str(table.get("split", "test")), weights, tolerance))
     return ModelFacts(name, tuple(str(c) for c in corpora), str(entry["pretraining_source"]), tuple(published), path)
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bench.catalog import Catalog
+from bench.data.holdout import HELD_OUT
 from bench.errors import BenchError
 from bench.report import write_report
 from bench.report.frame import runs_frame
@@ -39,6 +40,8 @@ models:
     pretraining_source: "the model card (a test's claim)"
     published:
       - {{setting: zero-shot, metric: AP, source: "Table 9 of a test paper", tolerance: 2, values: {{a: 41.0, b: 10.0}}}}
+      - {{setting: zero-shot, metric: AP, split: val, weights: glip-t.pth, source: "a val table", values: {{c: 25.0}}}}
+      - {{setting: zero-shot, metric: AP, weights: another-checkpoint.pth, source: "not these weights", values: {{c: 1.0}}}}
 """
 
 
@@ -105,12 +108,20 @@ def test_flagged_scores_are_marked_and_the_note_gives_both_sources(report):
 def test_zero_shot_rows_are_compared_with_the_published_scores(report):
     csv, markdown = report.published
     table = pd.read_csv(csv).set_index("dataset")
-    assert list(table.index) == ["a", "b"]  # c has no published score
+    assert list(table.index) == ["a", "b", "c"]  # c only from the table of these weights, on val
     assert table.loc["a", "difference"] == pytest.approx(-1.0) and bool(table.loc["a", "within"])
     assert table.loc["b", "difference"] == pytest.approx(20.0) and not bool(table.loc["b", "within"])
+    assert table.loc["c", "split"] == "val" and table.loc["c", "measured"] == pytest.approx(20.0)  # its val score
+    assert table.loc["c", "source"] == "a val table"
     text = markdown.read_text()
     assert "within ±2" in text and "OFF by more than 2" in text and "Table 9 of a test paper" in text
-    assert "1 of 2 differ by more than the table's tolerance" in text
+    assert "2 of 3 differ by more than the table's tolerance" in text
+
+
+def test_a_validation_held_out_of_training_is_not_compared_with_a_published_val_score(tmp_path, catalog):
+    held_out = dataclasses.replace(RECORDS[-1], spec=dataclasses.replace(RECORDS[-1].spec, validation=HELD_OUT))
+    files = write_report([*RECORDS[:-1], held_out], tmp_path, suites=[catalog.suite("mini")], catalog=catalog)
+    assert "c" not in set(pd.read_csv(files.published[0])["dataset"])
 
 
 def test_no_comparison_file_without_zero_shot_rows(tmp_path, catalog):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -86,6 +87,8 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
         "split_seed": spec.split_seed,
         "train_seed": spec.train_seed,
         "score": float(record.test[metric]),
+        "val_score": float(record.val.get(metric, math.nan)),  # zero-shot rows: compared with published val scores
+        "weights_name": Path(spec.weights).name if spec.weights is not None else None,
         "trainable_params": cost.trainable_params,
         "trainable_percent": cost.trainable_percent,
         "effective_params": cost.effective_params,

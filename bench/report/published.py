@@ -11,27 +11,33 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.catalog import Catalog
+from bench.data.holdout import DECLARED
 from bench.report.tables import markdown_table, number
 
 ZERO_SHOT = "zero-shot"
-COLUMNS = ["model", "dataset", "measured", "published", "difference", "tolerance", "within", "source"]
+COLUMNS = ["model", "weights", "dataset", "split", "measured", "published", "difference", "tolerance", "within", "source"]
 
 
 def published_comparison(frame: pd.DataFrame, catalog: Catalog, metric: str) -> pd.DataFrame:
-    """One row per (model, dataset) with a zero-shot run and a published zero-shot ``metric``:
-    scores in percent, ``difference`` measured minus published, ``within`` whether it is inside the
-    table's tolerance. Empty when nothing compares."""
+    """One row per (model, weights, dataset) with a zero-shot run and a published zero-shot ``metric``
+    for those weights, on the split the table names: scores in percent, ``difference`` measured minus
+    published, ``within`` whether it is inside the table's tolerance. Empty when nothing compares."""
     runs = frame[(frame["method"] == ZERO_SHOT) & frame["base_model"].notna()]
     rows = []
-    for (model, dataset), scores in runs.groupby(["base_model", "dataset"], sort=True)["score"]:
+    for (model, weights, dataset), group in runs.groupby(["base_model", "weights_name", "dataset"], sort=True):
         if model not in catalog.models:
             continue
         for table in catalog.models.get(model).published:
-            if table.setting != ZERO_SHOT or table.metric != metric or dataset not in table.values:
+            if (table.setting != ZERO_SHOT or table.metric != metric or dataset not in table.values
+                    or table.weights not in (None, weights)):
+                continue
+            # A validation score counts only where validation was the dataset's own split, as published.
+            scores = group["score"] if table.split == "test" else group.loc[group["validation"] == DECLARED, "val_score"]
+            if scores.dropna().empty:
                 continue
             measured, published = 100 * float(scores.mean()), table.values[dataset]
             difference = measured - published
-            rows.append({"model": model, "dataset": dataset, "measured": measured, "published": published,
+            rows.append({"model": model, "weights": weights, "dataset": dataset, "split": table.split, "measured": measured, "published": published,
                          "difference": difference, "tolerance": table.tolerance,
                          "within": abs(difference) <= table.tolerance, "source": table.source})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -39,7 +45,7 @@ def published_comparison(frame: pd.DataFrame, catalog: Catalog, metric: str) -> 
 
 def published_markdown(table: pd.DataFrame, metric: str) -> str:
     """The comparison as markdown with a note on how to read it."""
-    shown = table[["model", "dataset"]].copy()
+    shown = table[["model", "weights", "dataset", "split"]].copy()
     for column in ("measured", "published", "difference"):
         shown[f"{column} {metric} (%)" if column != "difference" else "difference"] = [
             number(v, 1) for v in table[column]]
