@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.catalog import Catalog, DatasetSpec
+from bench.catalog import Catalog, DatasetSpec, SuiteSpec
 from bench.catalog_check import LEVELS, check_datasets
 from bench.data.holdout import DECLARED, HELD_OUT_FRACTION, HELD_OUT_SEED
 from bench.errors import BenchError
@@ -46,6 +46,7 @@ from bench.tuning.search import parse_tuned_fields
 DEFAULT_METHODS = ("zero-shot", "linear-probe", "glip-prompt", "coop", "vpt", "maple", "sdpt", "lora", "full")
 MAX_DEFAULT_JOBS = 8
 DEFAULT_SUITE = "shapes-odinw-mini"
+LISTED_SUITE_SIZE = 20  # --list names the members of suites up to this size; larger ones are counted
 REFERENCE_HELP = ("the method every other one is compared with in the report's paired tests "
                   "(default: the best row of each model and shots)")
 
@@ -212,15 +213,17 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 
 def print_catalog(catalog: Catalog, verbose: bool = False) -> None:
-    """``--list``: what is registered; ``verbose`` adds every method option's default and its source."""
+    """``--list``: what is registered; ``verbose`` adds every method option's default and its source, and
+    every dataset of the large suites (RF100-VL's hundred), which are otherwise counted, not listed."""
+    listed, summarised = listed_datasets(catalog, verbose)
     sections = [
         ("Models", [(e.name, e.description) for e in MODELS]),
         ("Protocols", [(e.name, e.description) for e in PROTOCOLS]),
         ("Executors", [(e.name, e.description) for e in EXECUTORS]),
-        ("Suites", [(s.obj.name, f"v{s.obj.version}  {len(s.obj.datasets):>2} datasets, {s.obj.aggregation}  {s.obj.description}")
+        ("Suites", [(s.obj.name, f"v{s.obj.version} {len(s.obj.datasets):>3} datasets, {s.obj.aggregation}  {s.obj.description}")
                     for s in catalog.suites]),
-        ("Datasets", [(d.obj.name, f"v{d.obj.version}  {d.obj.evaluator:<5} {'synthetic' if d.obj.is_synthetic else 'on disk':<9}  {d.obj.description}")
-                      for d in catalog.datasets]),
+        ("Datasets", [(d.name, f"v{d.version}  {d.evaluator:<5} {'synthetic' if d.is_synthetic else 'on disk':<9}  {d.description}")
+                      for d in listed]),
     ]
     for title, rows in sections:
         print(f"{title}:")
@@ -228,6 +231,27 @@ def print_catalog(catalog: Catalog, verbose: bool = False) -> None:
             print(f"  {name:<22} {description}")
         if title == "Models":
             print(describe_methods(verbose))
+    if summarised:
+        counts = ", ".join(f"{suite} {count}" for suite, count in summarised.items())
+        print(f"  ... and {sum(summarised.values())} datasets of large suites ({counts}); --list --verbose lists every one.")
+
+
+def listed_datasets(catalog: Catalog, verbose: bool) -> tuple[list[DatasetSpec], dict[str, int]]:
+    """The datasets ``--list`` prints, and per large suite how many of its members it leaves out: those
+    whose every suite has more than :data:`LISTED_SUITE_SIZE` members (all of them when ``verbose``)."""
+    suites_of: dict[str, list[SuiteSpec]] = {}
+    for entry in catalog.suites:
+        for name in entry.obj.datasets:
+            suites_of.setdefault(name, []).append(entry.obj)
+    listed, summarised = [], {}
+    for entry in catalog.datasets:
+        suites = suites_of.get(entry.name, [])
+        if verbose or not suites or min(len(suite.datasets) for suite in suites) <= LISTED_SUITE_SIZE:
+            listed.append(entry.obj)
+        else:
+            largest = max(suites, key=lambda suite: len(suite.datasets)).name
+            summarised[largest] = summarised.get(largest, 0) + 1
+    return listed, summarised
 
 
 def check_data(catalog: Catalog, args: argparse.Namespace) -> None:

@@ -133,6 +133,15 @@ def test_a_placeholder_that_owns_boxes_is_refused(data_root, tmp_path):
         load_split_annotations(spec, "train", tmp_path)
 
 
+def test_a_file_overwritten_with_null_names_the_package_version_that_did_it(tmp_path):
+    spec = Catalog.load().dataset("rf-wb-prova")
+    broken = spec.root_dir(tmp_path) / spec.split("train").annotations
+    broken.parent.mkdir(parents=True)
+    broken.write_text("null")
+    with pytest.raises(DataError, match=r"holds only null.*rf100vl 1\.1\.2 or later"):
+        load_split_annotations(spec, "train", tmp_path)
+
+
 # Released K-shot splits ---------------------------------------------------------------------------
 
 def _spec(dataset: str, shots: int | None, validation: str = DECLARED) -> RunSpec:

@@ -148,6 +148,9 @@ def _is_degenerate(bbox: Any) -> bool:
 
 def validate_coco(raw: Any, path: Path) -> CocoAnnotations:
     """Check and normalise an already parsed COCO-format dict (see :func:`load_coco`)."""
+    if raw is None:  # what rf100vl < 1.1.2 writes when it cleans a file a second time
+        raise _fail(path, "it holds only null: RF100-VL's package before version 1.1.2 overwrites an annotation file it "
+                          "already cleaned with null. Download the dataset again with rf100vl 1.1.2 or later")
     if not isinstance(raw, dict):
         raise _fail(path, f"the top level is a {type(raw).__name__}, expected an object")
     missing = [key for key in REQUIRED_TOP_LEVEL if key not in raw]
