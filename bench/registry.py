@@ -20,6 +20,8 @@ from typing import Callable, Generic, Iterator, TypeVar
 from bench.errors import BenchError, UnknownNameError
 
 T = TypeVar("T")
+MAX_SUGGESTIONS = 3
+MAX_LISTED_NAMES = 60  # above this, an unknown-name message points at --list instead of listing every name
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,16 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.unknown_name_message(name)) from None
 
     def unknown_name_message(self, name: str) -> str:
-        valid = ", ".join(sorted(self._entries)) or "(none registered)"
-        close = difflib.get_close_matches(name, list(self._entries), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind} names: {valid}."
+        """The closest names (all of them when several are equally close: 'odinw' is as near 'odinw13'
+        as 'odinw35'), then every valid name, or, for long registries (300 datasets), where to see them."""
+        if len(self._entries) > MAX_LISTED_NAMES:
+            valid = f"{len(self._entries)} {self.kind} names, listed by python run_bench.py --list --verbose"
+        else:
+            valid = f"Valid {self.kind} names: " + (", ".join(sorted(self._entries)) or "(none registered)")
+        close = difflib.get_close_matches(name, sorted(self._entries), n=MAX_SUGGESTIONS)
+        best = sorted(c for c in close if _similarity(name, c) == _similarity(name, close[0]))
+        hint = f" Did you mean {' or '.join(repr(c) for c in best)}?" if best else ""
+        return f"Unknown {self.kind} {name!r}.{hint} {valid}."
 
     def names(self) -> list[str]:
         self._load_plugins()
@@ -106,3 +114,7 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         self._load_plugins()
         return len(self._entries)
+
+
+def _similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b).ratio()

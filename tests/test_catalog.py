@@ -31,7 +31,7 @@ def test_lvis_is_chunked_and_scored_with_fixed_ap(catalog):
 
 
 def test_unknown_names_suggest_the_closest(catalog):
-    with pytest.raises(UnknownNameError, match="Did you mean 'odinw13'"):
+    with pytest.raises(UnknownNameError, match="Did you mean 'odinw13' or 'odinw35'"):
         catalog.suite("odinw")
     with pytest.raises(UnknownNameError, match="Did you mean 'odinw-aquarium'"):
         catalog.dataset("odinw-aquarim")
@@ -138,3 +138,19 @@ def test_every_suite_resolves_to_declared_datasets(catalog):
     for entry in catalog.suites:
         assert [spec.name for spec in catalog.resolve(entry.name)] == list(entry.obj.datasets)
     assert {"coco", "lvis", "odinw13", "shapes", "shapes-odinw", "shapes-lvis"} <= set(catalog.suites.names())
+
+
+def test_every_registered_model_has_an_entry_and_the_declared_overlaps_flag_what_they_should(catalog):
+    from bench.models import MODELS
+    from bench.report.overlaps import find_overlaps
+
+    assert sorted(entry.name for entry in catalog.models) == MODELS.names()
+    odinw13 = set(catalog.suite("odinw13").datasets)
+    flags = find_overlaps(catalog, ["glip-t", "glip-l", "grounding-dino-b"], [*odinw13, "coco", "rf-aquarium-combined"])
+    assert {o.dataset for o in flags if o.model == "grounding-dino-b"} == odinw13 | {"coco", "rf-aquarium-combined"}
+    assert {(o.model, o.dataset) for o in flags if o.corpus == "openimages"} == {
+        (model, dataset) for model in ("glip-l", "grounding-dino-b") for dataset in ("odinw-shellfish", "odinw-vehicles")}
+    assert not [o for o in flags if o.model == "glip-t"]  # Objects365, GoldG, CC3M, SBU: no declared overlap
+    for entry in catalog.models:
+        for table in entry.obj.published:
+            assert all(0 <= score <= 100 for score in table.values.values()) and table.source

@@ -22,7 +22,7 @@ def test_list_shows_models_suites_and_datasets(capsys):
 def test_unknown_suite_is_a_one_line_error(capsys):
     assert main(["--suite", "odinw", "--check-data"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Unknown suite 'odinw'. Did you mean 'odinw13'?")
+    assert err.startswith("error: Unknown suite 'odinw'. Did you mean 'odinw13' or 'odinw35'?")
     assert "Traceback" not in err
 
 
