@@ -149,3 +149,11 @@ def test_overlaps_must_name_their_source(tmp_path):
     folder = write_catalog(tmp_path, CATALOG.replace(f'{{webcorpus: "{CLAIM}"}}', "[webcorpus]"))
     with pytest.raises(BenchError, match="source of the claim"):
         Catalog.from_folders([folder])
+
+
+def test_the_report_command_prints_the_published_comparison(tmp_path, catalog, capsys):
+    from bench.cli import report as print_report
+
+    print_report(RECORDS, tmp_path, catalog, suites=["mini"])
+    out = capsys.readouterr().out
+    assert "# Zero-shot against published numbers" in out and "OFF by more than 2" in out
