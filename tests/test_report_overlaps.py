@@ -157,3 +157,8 @@ def test_the_report_command_prints_the_published_comparison(tmp_path, catalog, c
     print_report(RECORDS, tmp_path, catalog, suites=["mini"])
     out = capsys.readouterr().out
     assert "# Zero-shot against published numbers" in out and "OFF by more than 2" in out
+
+
+def test_the_page_marks_flagged_scores_with_the_claim_as_tooltip(report):
+    page = report.html.read_text()
+    assert f"{OVERLAP_MARK.strip()}" in page and CLAIM.replace("'", "&#39;") in page

@@ -10,6 +10,7 @@ time-dependent goes in, so rewriting an unchanged report changes no bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from bench.data.holdout import HELD_OUT_FRACTION
 from bench.files import write_atomically
 from bench.report.frame import ROW, shots_order
 from bench.report.leaderboard import Leaderboard, dataset_column, suite_columns
-from bench.report.tables import count, number, percent
+from bench.report.tables import OVERLAP_MARK, count, number, overlaps_note, percent
 from bench.runs.record import RANDOM_INIT
 from bench.runs.store import RunStore
 from bench.tuning.presets import SEPARATOR
@@ -148,6 +149,8 @@ def _notes(board: Leaderboard) -> list[str]:
     if board.held_out:
         lines.append(f"Validation of {', '.join(board.held_out)} was held out of the training images: full-data runs "
                      f"there trained on {1 - HELD_OUT_FRACTION:.0%} of them.")
+    if board.overlaps:
+        lines.append(overlaps_note(board))
     if table["model"].str.endswith(RANDOM_INIT).any():
         lines.append(f"Models marked {RANDOM_INIT} were randomly initialised: their scores measure only cost.")
     lines.append("leaderboard.md and comparisons.md define every column; the CSV files hold the numbers unrounded.")
@@ -181,10 +184,20 @@ def _per_dataset(board: Leaderboard) -> Table:
     """The mean score over seeds per row and dataset, in the leaderboard's row order."""
     columns = (*_row_columns(), *(Column(dataset) for dataset in board.datasets))
     rows = tuple(
-        _row(row, [_number(row[dataset_column(d, board.metric)], percent) for d in board.datasets])
+        _row(row, [_dataset_cell(board, row, d) for d in board.datasets])
         for _, row in board.table.iterrows()
     )
     return Table(columns, rows)
+
+
+def _dataset_cell(board: Leaderboard, row: pd.Series, dataset: str) -> Cell:
+    """A per-dataset mean, marked where the row's model was pre-trained on data the dataset overlaps."""
+    cell = _number(row[dataset_column(dataset, board.metric)], percent)
+    if cell.missing or not board.overlapping(row["base_model"], dataset):
+        return cell
+    claims = "; ".join(f"pre-trained on {o.corpus}: {o.claim}" for o in board.overlaps
+                       if o.model == row["base_model"] and o.dataset == dataset)
+    return dataclasses.replace(cell, text=cell.text + OVERLAP_MARK, title=claims)
 
 
 def _comparisons(comparisons: pd.DataFrame, metric: str) -> Table:
