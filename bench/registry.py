@@ -44,6 +44,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.plugin_group = plugin_group
         self._entries: dict[str, Entry[T]] = {}
+        self._resolvers: list[Callable[[str], tuple[T, str] | None]] = []
         self._plugins_loaded = plugin_group is None
 
     def _load_plugins(self) -> None:
@@ -77,11 +78,23 @@ class Registry(Generic[T]):
             description = doc.strip().splitlines()[0] if doc.strip() else ""
         self._entries[name] = Entry(name, obj, description)
 
+    def add_resolver(self, resolve: Callable[[str], tuple[T, str] | None]) -> None:
+        """Let ``resolve`` make entries for names nobody registered (``sdpt+bitfit``: any composition of
+        registered methods): it returns ``(object, description)``, or None for a name it does not make.
+        A resolved name is registered, so it is made once; an error it raises reaches the user."""
+        self._resolvers.append(resolve)
+
     def get(self, name: str) -> T:
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
         self._load_plugins()
+        if name not in self._entries:
+            for resolve in self._resolvers:
+                made = resolve(name)
+                if made is not None:
+                    self.add(name, *made)
+                    break
         try:
             return self._entries[name]
         except KeyError:

@@ -1,14 +1,23 @@
-"""Methods made of other methods: ``sdpt+lora`` installs SDPT, then LoRA, and trains both.
+"""Methods made of other methods: ``sdpt+lora``, and any ``a+b[+c]`` of registered methods, on demand.
 
-:func:`compose` builds such a method from registered parts. Its config is flat, so it round-trips
-through JSON and rejects unknown options like every other config: one shared ``lr`` and
-``weight_decay`` (defaults: those of the part with the lowest default lr), then each part's own fields prefixed with the part's
-name (``sdpt_num_tokens``, ``lora_rank``, ...) and the part's defaults. The defaults' sources and the
+:func:`compose` builds such a method from registered parts; :func:`resolve_composite` lets the method
+registry make one for any name of the form ``a+b`` (``--methods sdpt+bitfit,coop+vpt,sdpt+peft:ia3``),
+so nothing has to be declared in advance. Its config is flat, so it round-trips through JSON and
+rejects unknown options like every other config: one shared ``lr`` and ``weight_decay`` (defaults:
+those of the part with the lowest default lr), then each part's own fields prefixed with the part's
+name (``sdpt_num_tokens``, ``lora_rank``, ``peft_ia3_...``) and the part's defaults; an option may also
+be addressed as ``part.field`` (``--method-set sdpt+lora.lora.rank=8``). The defaults' sources and the
 fields' types and limits come with them: the shared fields carry that part's, each prefixed field its
 part's; building a composite config also builds each part's config, so the parts' further checks
-(``MethodConfig.refuse``) run too, under the composite's option names. Each part's
-``install`` leaves the others' parameters as they are (the method contract), so installing in order
-composes; the trainable count is the sum of the parts' formulas.
+(``MethodConfig.refuse``) run too, under the composite's option names.
+
+Each part's ``install`` leaves the others' parameters as they are (the method contract), so
+installing in order composes, and the trainable count is the sum of the parts' formulas, as long as
+the parts do not claim the same thing. Two kinds of claim are checked while installing, and a clash
+is refused naming both parts and what they share: a parameter trained by two parts (``full+bitfit``:
+the biases), and an extension slot a later part fills again (``coop+maple``: both fill the text
+encoder's ``input_embedding_hook``), or a layer that two peft parts would both wrap (``lora+ia3`` on the
+same groups).
 
 ``sdpt+lora``: the SDPT paper states that its prototype tokens are compatible with other PEFT modules.
 SDPT is installed first, so its pseudo-inverses come from the frozen pre-trained projections, which
@@ -21,18 +30,23 @@ import dataclasses
 import sys
 from typing import ClassVar
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from bench.errors import BenchError
-from bench.models.base import DetectorBase
+from bench.models.base import SLOT_NAMES, DetectorBase
 from bench.options import OptionValueError, field_types
 from bench.tuning.base import METHODS, Method, MethodConfig, register_method
 
 SHARED_FIELDS = ("lr", "weight_decay")
 
 
+PART_SEPARATOR = "+"
+
+
 def _prefix(part: str) -> str:
-    return part.replace("-", "_").replace("+", "_")
+    """A part's name as a field-name prefix: ``peft:ia3`` -> ``peft_ia3``."""
+    return "".join(c if c.isalnum() else "_" for c in part)
 
 
 def part_config(config: MethodConfig, part: str, cls: type[Method]) -> MethodConfig:
@@ -54,13 +68,29 @@ class CompositeMethod(Method):
         return [cls(part_config(self.config, part, cls)) for part, cls in self.parts]
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
-        chosen: set[int] = set()
+        refuse_shared_slots(self.name, self.parts)
+        chosen: dict[int, str] = {}  # parameter id -> the part that trains it
+        claims: dict[tuple[str, str], str] = {}  # (module, slot or wrapped layer) -> the part that filled it
         for (part, _), method in zip(self.parts, self.part_methods()):
-            installed = method.install(model)
+            before = filled_slots(model)
+            try:
+                installed = method.install(model)
+            except BenchError as error:  # a part that checks its own slots: say which part it met
+                raise BenchError(f"{self.name}: {part!r} cannot be installed after {', '.join(sorted(set(chosen.values())))}"
+                                 f": {error}") from None
             overlap = sorted(n for n, p in installed.items() if id(p) in chosen)
             if overlap:
-                raise BenchError(f"{self.name}: the part {part!r} trains parameters another part already trains: {overlap[:3]}.")
-            chosen |= {id(p) for p in installed.values()}
+                owner = chosen[id(installed[overlap[0]])]
+                raise BenchError(f"{self.name}: the parts {owner!r} and {part!r} both train {overlap[0]}"
+                                 f"{f' (and {len(overlap) - 1} more)' if len(overlap) > 1 else ''}; compose methods that "
+                                 "train different parameters.")
+            for place, occupant in filled_slots(model).items():
+                if place in claims and before.get(place) != occupant:
+                    raise BenchError(f"{self.name}: the parts {claims[place]!r} and {part!r} both fill {place[1]} of "
+                                     f"{place[0] or 'the model'}; one extension point holds one method, so compose "
+                                     "methods that use different ones.")
+                claims.setdefault(place, part)
+            chosen.update({id(p): part for p in installed.values()})
         # By identity, under the names they have now: a later part may rename an earlier part's
         # parameters (peft moves a wrapped layer's weight and bias under ``base_layer``).
         return {n: p for n, p in model.named_parameters() if id(p) in chosen}
@@ -111,15 +141,26 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
             except OptionValueError as error:
                 config.refuse(f"{_prefix(part)}_{error.bad.option}", error.bad.expected)
 
+    @classmethod
+    def from_dict(cls: type[MethodConfig], values: dict | None = None) -> MethodConfig:
+        """``part.field`` keys (``lora.rank``) as their prefixed fields (``lora_rank``), then as any config."""
+        named = {}
+        for key, value in (values or {}).items():
+            part, dot, field = key.rpartition(".")
+            named[f"{_prefix(part)}_{field}" if dot and part in parts else key] = value
+        return MethodConfig.from_dict.__func__(cls, named)
+
     stem = "".join(_prefix(p).title().replace("_", "") for p in parts)
     module = sys.modules[__name__]
     config_class = dataclasses.make_dataclass(f"{stem}Config", fields, bases=(MethodConfig,), frozen=True,
-                                              namespace={"sources": sources, "limits": limits, "__post_init__": check_parts})
+                                              namespace={"sources": sources, "limits": limits, "__post_init__": check_parts,
+                                                         "from_dict": from_dict})
     config_class.__module__ = __name__
     config_class.__doc__ = f"Config of {name!r}: shared lr and weight_decay, then each part's fields prefixed with its name."
     method_class = type(stem, (CompositeMethod,), {
         "parts": classes,
         "identity_at_init": all(cls.identity_at_init for _, cls in classes),
+        "slots": tuple(dict.fromkeys(slot for _, cls in classes for slot in cls.slots)),
         "__module__": __name__,
         "__doc__": f"{' then '.join(parts)}, installed in that order.",
     })
@@ -134,7 +175,45 @@ def register_composite(name: str, parts: tuple[str, ...], description: str) -> t
     return register_method(name, method_class.config_class, description)(method_class)
 
 
+def resolve_composite(name: str) -> tuple[type[CompositeMethod], str] | None:
+    """The composite method a name like ``sdpt+bitfit`` asks for (None for a name without ``+``): its
+    parts are looked up by name, so a misspelt part is reported as an unknown method."""
+    if PART_SEPARATOR not in name:
+        return None
+    parts = tuple(name.split(PART_SEPARATOR))
+    for part in parts:
+        METHODS.get(part)  # an unknown part: the registry's own message, with the closest names
+    method_class = compose(name, parts)
+    method_class.description = f"{' plus '.join(parts)}, installed in that order and trained together"
+    return method_class, method_class.description
+
+
+def refuse_shared_slots(name: str, parts: tuple[tuple[str, type[Method]], ...]) -> None:
+    """Refuse, before anything is installed, parts that declare the same extension slot (``Method.slots``)."""
+    for i, (first, first_class) in enumerate(parts):
+        for second, second_class in parts[i + 1:]:
+            shared = [slot for slot in first_class.slots if slot in second_class.slots]
+            if shared:
+                raise BenchError(f"{name}: the parts {first!r} and {second!r} both fill {', '.join(shared)}; one extension "
+                                 "point holds one method, so compose methods that use different ones (--list shows them).")
+
+
+def filled_slots(model: nn.Module) -> dict[tuple[str, str], int]:
+    """What occupies the model's extension points now: ``(module name, slot) -> id(occupant)`` for
+    every filled slot, and ``(module name, "peft wrapper")`` for every layer peft has wrapped."""
+    filled = {}
+    for name, module in model.named_modules():
+        for slot in SLOT_NAMES:
+            occupant = getattr(module, slot, None)
+            if occupant is not None:
+                filled[(name, slot)] = id(occupant)
+        if isinstance(module, BaseTunerLayer):
+            filled[(name, "peft wrapper")] = id(module)
+    return filled
+
+
 import methods.peft_tuners  # noqa: E402,F401  (the parts must be registered first)
 import methods.sdpt  # noqa: E402,F401
 
 register_composite("sdpt+lora", ("sdpt", "lora"), "SDPT prototype tokens plus LoRA (peft) on the fusion projections, trained together")
+METHODS.add_resolver(resolve_composite)

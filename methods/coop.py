@@ -103,6 +103,7 @@ def install_text_context(model: DetectorBase, tokens: int) -> dict[str, nn.Param
 
 @register_method("coop", CoOpConfig, "CoOp: M learnable context vectors after [CLS] in the text input space, positive maps shifted")
 class CoOp(Method):
+    slots = ("input_embedding_hook",)
     identity_at_init = False
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:

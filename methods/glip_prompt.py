@@ -67,6 +67,7 @@ def _text_shape(model: DetectorBase) -> tuple[int, int]:
 
 @register_method("glip-prompt", GlipPromptConfig, "GLIP's prompt tuning: a zero-initialised offset per text slot before fusion")
 class GlipPrompt(Method):
+    slots = ("text_feature_offset",)
     identity_at_init = True
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:

@@ -112,6 +112,7 @@ class _BlockView:
 
 @register_method("maple", MapleConfig, "MaPLe-style coupled prompts: deep text prompts, vision prompts mapped from them by linear couplings")
 class Maple(Method):
+    slots = ("input_embedding_hook", "layer_input_hook", "extra_tokens")
     identity_at_init = False
 
     def _depth(self, model: DetectorBase) -> int:

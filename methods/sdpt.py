@@ -288,6 +288,7 @@ def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Para
 
 @register_method("sdpt", SdptConfig, "SDPT: prototype tokens in the fusion space, pseudo-inverse projected into both modalities")
 class Sdpt(Method):
+    slots = ("token_extension",)
     identity_at_init = False  # the appended tokens change the text branch from the start
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
@@ -304,6 +305,7 @@ class Sdpt(Method):
 @register_method("sdpt-head", SdptHeadConfig, "SDPT as released: prototype tokens plus the whole detection head (DyHead) trainable")
 class SdptHead(Method):
     identity_at_init = False
+    slots = ("token_extension",)
 
     def install(self, model: DetectorBase) -> dict[str, nn.Parameter]:
         head = model.parameter_groups()["head"]

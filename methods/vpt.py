@@ -134,6 +134,7 @@ def _init_tokens(config: VptConfig, channels: int, first_stage_channels: int, li
 
 @register_method("vpt", VptConfig, "VPT: learnable prompt tokens as extra keys/values in Swin windows (deep, shallow or per-stage)")
 class Vpt(Method):
+    slots = ("extra_tokens",)
     identity_at_init = False  # the prompts join the attention softmax from the start
 
     def _prompted_blocks(self, model: DetectorBase) -> list[VisionBlock]:

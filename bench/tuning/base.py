@@ -140,13 +140,16 @@ class Method:
     Subclasses set ``config_class`` and implement :meth:`install` and :meth:`expected_trainable`.
     ``identity_at_init`` declares that the tuned model computes exactly what the base model computes
     until the first optimiser step (zero-initialised offsets, LoRA with B = 0); contract tests check
-    the declaration both ways.
+    the declaration both ways. ``slots`` names the extension slots (:data:`bench.models.base.SLOT_NAMES`)
+    that ``install`` fills, so that a composition can refuse two parts that need the same one before
+    installing either; contract tests check it against what ``install`` fills.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     identity_at_init: ClassVar[bool] = False
+    slots: ClassVar[tuple[str, ...]] = ()
     trains: ClassVar[bool] = True  # False: nothing to train (zero-shot), so no seeds and no tuning
 
     def __init__(self, config: MethodConfig | None = None) -> None:

@@ -9,11 +9,15 @@ import torch
 
 import methods  # noqa: F401  (registers every method)
 from bench.tuning.accounting import account
+from bench.models.base import SLOT_NAMES
 from bench.tuning.base import METHODS, build_method
 from bench.tuning.state import load_tuned, save_tuned
+from methods.composition import filled_slots
 from tests.training_support import train_steps as run_steps
 
-ALL_METHODS = METHODS.names()
+# Compositions made on demand (methods.composition), beside the registered ones.
+COMPOSED = ["sdpt+bitfit", "coop+vpt", "sdpt+ia3"]
+ALL_METHODS = METHODS.names() + [name for name in COMPOSED if name not in METHODS.names()]
 TRAINING_METHODS = [name for name in ALL_METHODS if name != "zero-shot"]
 
 
@@ -46,6 +50,15 @@ def test_frozen_tensors_stay_bit_identical_while_training(name, backend):
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
     assert changed == []
     assert any(not torch.equal(p, backend.build().state_dict().get(n, torch.empty(0))) for n, p in trainable.items())
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_the_declared_slots_are_the_slots_install_fills(name, backend):
+    model = backend.build()
+    empty = {slot for _, slot in filled_slots(model)}
+    method = build_method(name)
+    method.apply(model)
+    assert {slot for _, slot in filled_slots(model) if slot in SLOT_NAMES} - empty == set(method.slots)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
