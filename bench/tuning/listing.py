@@ -33,6 +33,8 @@ def describe_methods(verbose: bool = False) -> str:
             if verbose:
                 lines.append(f"{INDENT}options: {json.dumps(dict(preset.options))}")
                 lines.append(f"{INDENT}source: {preset.source}")
+    lines.append(f"  {'a+b[+c]':<{NAME_WIDTH}} any of these composed, installed in order and trained together, e.g. "
+                 "sdpt+bitfit; options per part: --method-set sdpt+bitfit.sdpt.num_tokens=8")
     return "\n".join(lines)
 
 
