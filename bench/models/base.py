@@ -22,6 +22,9 @@ internals or its name, so every method runs on every backend:
   ``attention_projections()`` (the image-query and text-key projections whose outputs form the
   shared image-text logits) and a ``token_extension`` slot whose tokens are appended before
   attention and stripped after it (:func:`extend_tokens`);
+* ``adapter_sites()``: the attention and feed-forward sublayers of the transformer blocks
+  (:class:`AdapterSite`), each with an ``output_adapter`` slot that rewrites the sublayer's output
+  from it and the sublayer's input (bottleneck adapters, serial or parallel);
 * ``prompt_style``: how the detector joins class names into a caption (:class:`PromptStyle`);
 * ``set_activation_checkpointing(level)``: which activations are recomputed in the backward pass
   instead of kept (:data:`CHECKPOINTING_LEVELS`: ``off``; ``official``, what the backend's official
@@ -44,6 +47,7 @@ what its official implementation computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -65,7 +69,9 @@ CHECKPOINTING_LEVELS = ("off", "official", "all")
 ATTENTION_KERNELS = ("eager", "sdpa")
 
 # Attribute names of extension slots; tensors below them belong to methods, not to the base model.
-SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "layer_input_hook", "text_feature_offset", "token_extension")
+SLOT_NAMES = ("extra_tokens", "input_embedding_hook", "layer_input_hook", "text_feature_offset", "token_extension",
+              "output_adapter")
+ADAPTER_KINDS = ("attention", "feed_forward")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,58 @@ class VisionBlock:
     stage: int
     channels: int
     module: nn.Module
+
+
+@dataclass(frozen=True)
+class AdapterSite:
+    """A sublayer of a transformer block where a bottleneck adapter can act (``adapter_sites()``).
+
+    ``kind`` is ``attention`` (the attention's output projection) or ``feed_forward`` (the MLP).
+    ``entry`` is the sublayer's first module, whose input is the sublayer's input (``input_width``
+    wide), and ``exit`` the Linear that ends it, whose output (``output_width`` wide, before any
+    residual or normalisation) is what the site's ``output_adapter`` slot rewrites. The slot lives on
+    ``exit``; the model calls it as ``adapter(output, sublayer_input)`` and uses what it returns (see
+    :func:`declare_adapter_sites`). ``group`` is the parameter group of the sublayer.
+    """
+
+    group: str
+    kind: str
+    entry: nn.Module
+    exit: nn.Linear
+
+    @property
+    def input_width(self) -> int:
+        first = self.entry if isinstance(self.entry, nn.Linear) else next(
+            m for m in self.entry.modules() if isinstance(m, nn.Linear))
+        return first.in_features
+
+    @property
+    def output_width(self) -> int:
+        return self.exit.out_features
+
+
+def declare_adapter_sites(sites: Sequence[AdapterSite]) -> None:
+    """Give each site an empty ``output_adapter`` slot and the hooks that call it; a model calls this
+    once, when it is built. An empty slot costs one attribute read per call of ``exit``."""
+    for site in sites:
+        site.exit.output_adapter = None
+        site.exit.register_forward_hook(_call_output_adapter)
+        if site.entry is not site.exit:
+            site.entry.register_forward_pre_hook(partial(_keep_sublayer_input, site.exit))
+
+
+def _keep_sublayer_input(exit_layer: nn.Module, entry: nn.Module, args: tuple) -> None:
+    """Hand the sublayer's input to its exit while an adapter fills the slot (and only then)."""
+    if exit_layer.output_adapter is not None:
+        exit_layer._adapter_sublayer_input = args[0]
+
+
+def _call_output_adapter(exit_layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    adapter = exit_layer.output_adapter
+    if adapter is None:
+        return None
+    sublayer_input = exit_layer.__dict__.pop("_adapter_sublayer_input", args[0])
+    return adapter(output, sublayer_input)
 
 
 @dataclass
@@ -212,6 +270,11 @@ class DetectorBase(nn.Module):
 
     def linear_probe_parameters(self) -> list[str]:
         raise NotImplementedError
+
+    def adapter_sites(self) -> list[AdapterSite]:
+        """The sublayers where bottleneck adapters can act, each with its ``output_adapter`` slot; a
+        backend without any returns none."""
+        return []
 
     def fusion_layers(self) -> list[FusionLayer]:
         raise NotImplementedError

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import BertModel
 
 from bench.errors import BenchError
+from bench.models.base import AdapterSite
 
 # (input embeddings [B, T, D], attention mask [B, T]) -> (input embeddings, attention mask)
 InputEmbeddingHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -83,3 +84,15 @@ class BertTextSlots(nn.Module):
                 "(drop trailing padding slots to make room for inserted tokens)."
             )
         return embeddings, attention_mask
+
+
+def bert_adapter_sites(bert: BertModel, group: str) -> list[AdapterSite]:
+    """The adapter sites of a ``transformers`` BERT: per layer its attention output projection and its
+    feed-forward (from ``intermediate``, whose input is the attention's output, to ``output.dense``,
+    before the residual and layer norm: where Houlsby et al. 2019 place their adapters)."""
+    sites = []
+    for layer in bert.encoder.layer:
+        dense = layer.attention.output.dense
+        sites.append(AdapterSite(group, "attention", dense, dense))
+        sites.append(AdapterSite(group, "feed_forward", layer.intermediate, layer.output.dense))
+    return sites

@@ -115,3 +115,10 @@ register_preset(
     "one set of P prompt tokens per Swin stage, shared by the blocks of that stage",
     "ours: between VPT-shallow and VPT-deep in parameters; every block attends to its stage's prompts",
 )
+register_preset(
+    "adapter", "adaptformer",
+    {"mode": "parallel", "positions": ("feed_forward",), "reduction_factor": 12, "activation": "relu", "scale": 0.1},
+    "AdaptFormer: a ReLU bottleneck beside every feed-forward layer, scaled by s = 0.1, 64 wide on 768 channels",
+    "paper: AdaptFormer (Chen et al., NeurIPS 2022) sec. 3.2, Eq. 3 (parallel, ReLU, scale s = 0.1) and sec. 4.1 "
+    "(bottleneck 64 for ViT-B's 768 channels: reduction factor 12)",
+)

@@ -19,7 +19,8 @@ from torch import nn
 
 from bench.data.prompts import Prompt, tokenize_captions
 from bench.models import MODEL_INPUT_CHECKS, MODELS, PACKAGED_WEIGHTS, ModelInputs
-from bench.models.base import ATTENTION_KERNELS, CHECKPOINTING_LEVELS, DetectorBase, Detections, InputSpec, VisionBlock, merge_detections
+from bench.models.base import (ATTENTION_KERNELS, CHECKPOINTING_LEVELS, AdapterSite, DetectorBase, Detections, InputSpec, VisionBlock,
+                               declare_adapter_sites, merge_detections)
 from bench.models.glip.anchors import grid_anchors
 from bench.models.glip.atss_assignment import ImageTargets
 from bench.models.glip.atss_loss import atss_losses
@@ -32,6 +33,7 @@ from bench.models.glip.language import DEFAULT_TOKENIZER, LanguageBackbone, load
 from bench.models.glip.postprocess import postprocess
 from bench.models.glip.text_features import TextFeatures
 from bench.models.glip.tower import build_dyhead_tower
+from bench.models.text_slots import bert_adapter_sites
 
 NANO_TOKENIZER = Path(__file__).resolve().parent / "nano"
 # glip-nano pre-trained on the shapes corpus by `python -m bench.pretrain` (see nano/MODEL_CARD.md).
@@ -70,6 +72,8 @@ class GLIP(DetectorBase):
         # (MODEL.LANGUAGE_BACKBONE.PAD_MAX); False: to the batch's text length, the same outputs for
         # a fraction of the text work (DetectorBase.text_length).
         self.pad_text_to_slots = False
+        self._adapter_sites = self._find_adapter_sites()
+        declare_adapter_sites(self._adapter_sites)
 
     # ----------------------------------------------------------------- extension points
     @property
@@ -125,6 +129,22 @@ class GLIP(DetectorBase):
 
     def fusion_layers(self) -> list[nn.Module]:
         return self.rpn.head.dyhead_tower.fusion_layers()
+
+    def adapter_sites(self) -> list[AdapterSite]:
+        return list(self._adapter_sites)
+
+    def _find_adapter_sites(self) -> list[AdapterSite]:
+        """Per Swin block its attention projection and MLP, per BERT layer the same, and the two output
+        projections of every fusion layer (image and text side). The DyHead's convolutions and its
+        language layers (the ``head`` group) have none."""
+        sites = []
+        for block in self.backbone.vision_blocks():
+            sites.append(AdapterSite("vision_backbone", "attention", block.module.attn.proj, block.module.attn.proj))
+            sites.append(AdapterSite("vision_backbone", "feed_forward", block.module.mlp, block.module.mlp.fc2))
+        sites += bert_adapter_sites(self.language_backbone.bert, "text_encoder")
+        for layer in self.fusion_layers():
+            sites += [AdapterSite("fusion", "attention", out, out) for out in (layer.out_v_proj, layer.out_l_proj)]
+        return sites
 
     def text_encoder(self) -> LanguageBackbone:
         return self.language_backbone

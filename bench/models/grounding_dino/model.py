@@ -49,12 +49,14 @@ from transformers import (
 from bench.data.prompts import Prompt, PromptStyle
 from bench.errors import BenchError
 from bench.models import ATTENTION_KERNELS_OF, MODEL_INPUT_CHECKS, MODELS, ModelInputs
-from bench.models.base import ATTENTION_KERNELS, CHECKPOINTING_LEVELS, DetectorBase, Detections, FusionLayer, InputSpec, VisionBlock, merge_detections
+from bench.models.base import (ATTENTION_KERNELS, CHECKPOINTING_LEVELS, AdapterSite, DetectorBase, Detections, FusionLayer, InputSpec,
+                               VisionBlock, declare_adapter_sites, merge_detections)
 from bench.models.grounding_dino.config import GROUNDING_DINO_INPUTS, SWIN_SHAPES, SwinShape, swin_shape_of
 from bench.models.grounding_dino.extensions import add_slots
 from bench.models.grounding_dino.loss import decoder_loss, proposal_loss
 from bench.models.grounding_dino.postprocess import select_detections
 from bench.models.grounding_dino.text import GroundingDinoText, ids_with_inserted_tokens
+from bench.models.text_slots import bert_adapter_sites
 
 GROUNDING_DINO_STYLE = PromptStyle(separator=" . ", terminator=" .")
 # Detections kept per image and prompt chunk (the official COCO evaluation's num_select).
@@ -85,6 +87,8 @@ class GroundingDino(DetectorBase):
         # On BERT's output (not on text_projection's input), so that a peft wrapper around
         # text_projection still receives the offset features.
         hf.model.text_backbone.register_forward_hook(self._offset_text_features)
+        self._adapter_sites = self._find_adapter_sites()
+        declare_adapter_sites(self._adapter_sites)
 
     def _offset_text_features(self, _bert: nn.Module, _inputs: tuple, output):
         if self.text_feature_offset is None:
@@ -142,6 +146,23 @@ class GroundingDino(DetectorBase):
         their logit biases."""
         heads = ("hf.model.decoder.bbox_embed.", "hf.model.decoder.class_embed.")
         return [n for n in self.base_parameter_names() if n.startswith(heads)]
+
+    def adapter_sites(self) -> list[AdapterSite]:
+        return list(self._adapter_sites)
+
+    def _find_adapter_sites(self) -> list[AdapterSite]:
+        """Per Swin block its attention output projection and MLP, per BERT layer the same, and the two
+        output projections of every fusion layer. The deformable encoder and the decoder (``neck`` and
+        ``head`` groups) have none yet."""
+        sites = []
+        for block in self.vision_blocks():
+            out = block.module.attention.o_proj
+            sites.append(AdapterSite("vision_backbone", "attention", out, out))
+            sites.append(AdapterSite("vision_backbone", "feed_forward", block.module.mlp, block.module.mlp.fc2))
+        sites += bert_adapter_sites(self.hf.model.text_backbone, "text_encoder")
+        for layer in self.fusion_layers():
+            sites += [AdapterSite("fusion", "attention", out, out) for out in (layer.out_vision_proj, layer.out_text_proj)]
+        return sites
 
     def fusion_layers(self) -> list[FusionLayer]:
         """``encoder.layers[i].fusion_layer.attn`` with their ``token_extension`` slots."""
