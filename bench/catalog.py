@@ -170,6 +170,17 @@ class PublishedScores:
 
 
 @dataclass(frozen=True)
+class RetentionSet:
+    """What a model's open-vocabulary ability is measured on after tuning: the ``split`` of each of
+    ``datasets`` (data of the model's pre-training world that tuning never sees), its first ``images``
+    images by id (all when None), scored with the dataset's own evaluator and class names."""
+
+    datasets: tuple[str, ...]
+    split: str = "test"
+    images: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     """What the catalog knows of a registered model: the corpora it was pre-trained on (names that
     dataset entries' ``overlaps`` use), the source of that list, and published scores to compare with."""
@@ -178,6 +189,7 @@ class ModelFacts:
     pretraining: tuple[str, ...]
     pretraining_source: str
     published: tuple[PublishedScores, ...] = ()
+    retention: RetentionSet | None = None
     source: Path | None = None
 
 
@@ -221,6 +233,12 @@ class Catalog:
                         f"declares. {catalog.datasets.unknown_name_message(name)}"
                     )
         for facts in catalog.models:
+            retention = facts.obj.retention.datasets if facts.obj.retention is not None else ()
+            for name in retention:
+                if name not in catalog.datasets:
+                    raise BenchError(
+                        f"Model entry {facts.name!r} in {facts.obj.source} measures retention on dataset {name!r}, which "
+                        f"no catalog file declares. {catalog.datasets.unknown_name_message(name)}")
             for published in facts.obj.published:
                 for name in published.values:
                     if name not in catalog.datasets:
@@ -387,7 +405,7 @@ def _suite_spec(path: Path, entry: dict[str, Any]) -> SuiteSpec:
 
 def _model_facts(path: Path, name: str, entry: Any) -> ModelFacts:
     where = f"model entry {name!r}"
-    _check_keys(path, where, entry, {"pretraining", "pretraining_source", "published"})
+    _check_keys(path, where, entry, {"pretraining", "pretraining_source", "published", "retention"})
     corpora = entry.get("pretraining")
     if not isinstance(corpora, list) or not corpora or not entry.get("pretraining_source"):
         raise BenchError(f"Catalog file {path}: {where} needs 'pretraining' (a non-empty list of corpus names) and "
@@ -410,7 +428,20 @@ def _model_facts(path: Path, name: str, entry: Any) -> ModelFacts:
         weights = None if table.get("weights") is None else str(table["weights"])
         published.append(PublishedScores(str(table["setting"]), str(table["metric"]), str(table["source"]), values,
                                          str(table.get("split", "test")), weights, tolerance))
-    return ModelFacts(name, tuple(str(c) for c in corpora), str(entry["pretraining_source"]), tuple(published), path)
+    return ModelFacts(name, tuple(str(c) for c in corpora), str(entry["pretraining_source"]), tuple(published),
+                      _retention_set(path, where, entry.get("retention")), path)
+
+
+def _retention_set(path: Path, where: str, entry: Any) -> RetentionSet | None:
+    if entry is None:
+        return None
+    _check_keys(path, f"{where}, retention", entry, {"datasets", "split", "images"})
+    datasets, split, images = entry.get("datasets"), entry.get("split", "test"), entry.get("images")
+    if (not isinstance(datasets, list) or not datasets or split not in SPLITS
+            or not (images is None or (isinstance(images, int) and images >= 1))):
+        raise BenchError(f"Catalog file {path}: {where} has a retention set that is not {{datasets: [NAME, ...], split: "
+                         f"{'|'.join(SPLITS)}, images: N >= 1 (optional)}}; got {entry!r}.")
+    return RetentionSet(tuple(str(d) for d in datasets), split, images)
 
 
 def materialize_synthetic(spec: DatasetSpec, cache_root: Path | None = None) -> Path:

@@ -47,14 +47,16 @@ PanelCost = Callable[[pd.DataFrame], tuple[pd.Series, str]]
 
 
 def write_figures(board: Leaderboard, figures_dir: Path) -> list[Path]:
-    """Write ``ap_vs_params``, ``ap_vs_memory``, ``ap_vs_train_cost`` and ``ap_per_dataset`` as PNG and SVG;
-    returns the paths."""
+    """Write ``ap_vs_params``, ``ap_vs_memory``, ``ap_vs_train_cost``, ``ap_per_dataset`` and, where rows were
+    scored on their model's retention set, ``ap_vs_retention_loss`` as PNG and SVG; returns the paths."""
     figures = {
         "ap_vs_params": cost_figure(board, "trainable_params", "trainable parameters", log_x=True),
         "ap_vs_memory": cost_figure(board, "peak_memory_gib", f"peak memory (GiB, {_memory_kinds(board)})", log_x=False),
         "ap_vs_train_cost": train_cost_figure(board),
         "ap_per_dataset": heatmap_figure(board),
     }
+    if board.has_retention:
+        figures["ap_vs_retention_loss"] = retention_figure(board)
     return [path for name, figure in figures.items() for path in save(figure, figures_dir / name)]
 
 
@@ -83,6 +85,14 @@ def train_cost_figure(board: Leaderboard) -> Figure:
     CPU-seconds for runs on CPU. Seconds on a CPU and hours on a GPU are not one currency, so a panel
     holding both says so and shows plain seconds instead of converting either."""
     return _cost_figure(board, "training cost per cell", _train_cost, log_x=True)
+
+
+def retention_figure(board: Leaderboard) -> Figure:
+    """As :func:`cost_figure`, against what tuning cost on the model's retention set: the zero-shot row's
+    retention minus the row's, in points (zero-shot sits at 0); the front is the best downstream score
+    for at most that loss."""
+    unit = f"retention loss ({board.metric} points on the model's retention set, zero-shot minus tuned)"
+    return _cost_figure(board, "retention loss", lambda panel: (100 * panel["retention_drop"], unit), log_x=False)
 
 
 def _cost_figure(board: Leaderboard, cost_name: str, panel_cost: PanelCost, *, log_x: bool) -> Figure:

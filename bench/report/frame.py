@@ -87,6 +87,7 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
         "split_seed": spec.split_seed,
         "train_seed": spec.train_seed,
         "score": float(record.test[metric]),
+        "retention": retention_score(record.retention, metric),
         "val_score": float(record.val.get(metric, math.nan)),  # zero-shot rows: compared with published val scores
         "weights_name": Path(spec.weights).name if spec.weights is not None else None,
         "trainable_params": cost.trainable_params,
@@ -105,6 +106,12 @@ def _row(record: RunRecord, metric: str) -> dict[str, object]:
         "validation": spec.validation,
         "key": record.key,
     }
+
+
+def retention_score(retention: dict[str, dict[str, float]], metric: str) -> float:
+    """The mean ``metric`` over a record's retention datasets; NaN without any."""
+    values = [scores[metric] for scores in retention.values() if metric in scores]
+    return sum(values) / len(values) if values else math.nan
 
 
 def _require_metric(records: Sequence[RunRecord], metric: str) -> None:

@@ -165,7 +165,9 @@ def _leaderboard(board: Leaderboard, frame: pd.DataFrame, out_dir: Path) -> Tabl
         *_row_columns(),
         *(Column(f"{name} {board.metric} (%)", suite=name) for name, _ in suites),
         Column("trainable params"), Column("trainable %"), Column("stored MB"), Column("peak memory (GiB)"),
-        Column("train img/s"), Column("hyper-parameters (datasets)", numeric=False),
+        Column("train img/s"),
+        *((Column(f"retention {board.metric} (%)"), Column("retention drop")) if board.has_retention else ()),
+        Column("hyper-parameters (datasets)", numeric=False),
     )
     rows = []
     for _, row in board.table.iterrows():
@@ -173,7 +175,10 @@ def _leaderboard(board: Leaderboard, frame: pd.DataFrame, out_dir: Path) -> Tabl
         costs = [
             _number(row["trainable_params"], count), _number(row["trainable_percent"], lambda v: f"{v:.3g}"),
             _number(row["stored_mb"], lambda v: f"{v:.3g}"), _number(row["peak_memory_gib"], lambda v: number(v, 2)),
-            _number(row["train_images_per_s"], lambda v: number(v, 1)), _text(row["hyperparameters"]),
+            _number(row["train_images_per_s"], lambda v: number(v, 1)),
+            *((_number(row["retention"], percent), _number(row["retention_drop"], lambda v: f"{100 * v:+.1f}"))
+              if board.has_retention else ()),
+            _text(row["hyperparameters"]),
         ]
         identity = (row["model"], row["method"], row["shots"])
         rows.append(_row(row, [*scores, *costs], records.get(identity, ())))

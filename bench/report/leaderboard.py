@@ -20,6 +20,7 @@ from bench.eval.aggregate import aggregate_suite
 from bench.data.holdout import DECLARED
 from bench.report.frame import REPLICATE, ROW, shots_order
 from bench.report.overlaps import Overlap
+from bench.report.retention import retention_summary
 from bench.report.stats import mean_interval
 
 ALL_DATASETS = "all-datasets"
@@ -48,6 +49,11 @@ class Leaderboard:
     def overlapping(self, model: str, dataset: str) -> bool:
         """Whether the row of pre-trained ``model`` (a registered name) is flagged on ``dataset``."""
         return any(o.model == model and o.dataset == dataset for o in self.overlaps)
+
+    @property
+    def has_retention(self) -> bool:
+        """Whether any row was scored on its model's retention set (the protocol's ``retention``)."""
+        return bool(self.table["retention"].notna().any())
 
     @property
     def primary(self) -> SuiteSpec:
@@ -87,6 +93,7 @@ def build_leaderboard(frame: pd.DataFrame, suites: Sequence[SuiteSpec], metric: 
     datasets = dataset_order(frame, chosen)
     parts = [_named_summary(frame, suite, metric) for suite in chosen]
     parts.append(cost_summary(frame))
+    parts.append(retention_summary(frame).reindex(_rows(frame)))
     parts.append(hyperparameter_summary(frame))
     parts.append(dataset_means(frame, datasets).rename(columns=lambda name: dataset_column(name, metric)))
     table = pd.concat(parts, axis=1).reset_index()

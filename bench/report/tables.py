@@ -87,6 +87,9 @@ def leaderboard_markdown(board: Leaderboard) -> str:
     shown["stored MB"] = [_megabytes(m) for m in table["stored_mb"]]
     shown["peak memory (GiB)"] = [number(m, 2) for m in table["peak_memory_gib"]]
     shown["train img/s"] = [number(s, 1) for s in table["train_images_per_s"]]
+    if board.has_retention:
+        shown[f"retention {board.metric} (%)"] = [percent(v) for v in table["retention"]]
+        shown["retention drop"] = [MISSING if pd.isna(v) else f"{100 * v:+.1f}" for v in table["retention_drop"]]
     shown["hyper-parameters (datasets)"] = list(table["hyperparameters"])
     for dataset in board.datasets:
         shown[dataset] = [percent(v) + (OVERLAP_MARK if board.overlapping(model, dataset) else "")
@@ -136,6 +139,11 @@ def _leaderboard_notes(board: Leaderboard) -> str:
                      f"{1 - HELD_OUT_FRACTION:.0%} of the training images.")
     if board.overlaps:
         notes.append(overlaps_note(board))
+    if board.has_retention:
+        notes.append(f"Retention: test {board.metric} of the row's selected weights on its model's retention set (data of "
+                     "its pre-training world that tuning never sees; datasets/models.yaml), mean over the row's runs; "
+                     "retention drop: the zero-shot row's retention minus the row's, in points (positive: the method "
+                     f"made the model forget; {MISSING} without a zero-shot row of that model).")
     if board.table["model"].str.endswith(RANDOM_INIT).any():
         notes.append(f"Models marked {RANDOM_INIT} were randomly initialised (--random-init): their scores measure "
                      "nothing learned, only cost.")

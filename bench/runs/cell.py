@@ -7,7 +7,6 @@ recorded apart (:meth:`RunStore.save_failure`) and never counts as a result.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import socket
@@ -26,16 +25,15 @@ from bench.data.dataset import DetectionDataset
 from bench.devices import pick_device
 from bench.data.fewshot import few_shot_subset
 from bench.data.holdout import DECLARED, split_off_validation
-from bench.data.prompts import fitting_chunk_size
 from bench.errors import BenchError
-from bench.models.base import DetectorBase
+from bench.runs.captions import used_text_positions, with_fitting_captions
 from bench.runs.plan import Cell, RunContext
 from bench.runs.fingerprint import FingerprintCache, weights_fingerprint
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
 from bench.runs.resolved import resolved_method, resolved_settings
+from bench.runs.retention import score_retention
 from bench.runs.store import RunStore
 from bench.runs.warm import base_model
-from bench.train.batches import TrainingPrompts
 from bench.train.checkpoint import checkpoint_files
 from bench.train.distributed import join_process_group
 from bench.train.evaluate import evaluate, evaluation_dataset
@@ -78,30 +76,6 @@ def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def with_fitting_captions(dataset: DatasetSpec, train_set: DetectionDataset, model: DetectorBase) -> DatasetSpec:
-    """``dataset`` with a ``chunk_size`` when its vocabulary does not fit one caption of the model's
-    text slots and its catalog entry sets none (a small model on a large vocabulary: glip-nano's 64
-    slots and PascalVOC's 20 names): captions then hold as many classes as fit, as GLIP chunks LVIS's.
-    The choice follows from the model and the data, which the run key already covers."""
-    if dataset.chunk_size is not None:
-        return dataset
-    classes = train_set.prompt_classes()
-    size = fitting_chunk_size(classes, model.tokenizer, style=model.prompt_style, max_query_len=model.text_slots)
-    if size is None:
-        return dataset
-    print(f"{dataset.name}: its {len(classes)} class names do not fit one caption of {model.text_slots} text slots, so "
-          f"each caption holds {size} of them (training samples them per image, evaluation walks them in chunks).", flush=True)
-    return dataclasses.replace(dataset, chunk_size=size)
-
-
-def used_text_positions(train_set: DetectionDataset, model: DetectorBase, dataset: DatasetSpec) -> int | None:
-    """Token positions the captions of ``dataset`` fill when its whole vocabulary is one caption; None
-    (every text slot) when captions are sampled chunks, whose longest is not known in advance."""
-    prompts = TrainingPrompts(train_set.prompt_classes(), model.tokenizer, model.text_slots, dataset.chunk_size,
-                              model.prompt_style)
-    return prompts.whole.num_tokens if prompts.whole is not None else None
 
 
 def training_and_validation(dataset: DatasetSpec, spec: RunSpec, context: RunContext) -> tuple[DetectionDataset, DetectionDataset]:
@@ -210,12 +184,16 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     if trainable:  # the weights scored below, kept beside the record (a winning trial's are reused by its replicate)
         save_tuned(store.work_dir(cell.key) / SELECTED_WEIGHTS, model, method, trainable, run_metadata(cell, store))
     test_metrics: dict[str, float] = {}
+    retention: dict[str, dict[str, float]] = {}
     eval_speed = outcome.eval_images_per_s
     if test_set is not None:
         autocast, _ = autocast_for(device, protocol.amp)
         test = evaluate(model, test_set, dataset, batch_size=protocol.eval_batch_size, autocast=autocast,
                         progress="test" if context.progress else None)
         test_metrics, eval_speed = test.metrics, test.images_per_s
+        if protocol.retention:
+            retention = score_retention(model, context.catalog(), spec.model, context.data_root, context.cache_dir,
+                                        batch_size=protocol.eval_batch_size, autocast=autocast, progress=context.progress)
     record = RunRecord(
         key=cell.key,
         spec=spec,
@@ -236,6 +214,7 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
         ),
         provenance=provenance(device, started) | {"frozen_cache": frozen_cache_summary(context.frozen_cache, frozen_work)},
         resolved=settings,
+        retention=retention,
     )
     store.save_result(record)
     # The result is stored: the resumable state is spent (a --force rerun must train again, not

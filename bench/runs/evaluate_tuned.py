@@ -21,7 +21,7 @@ from bench.catalog import open_split, require_data
 from bench.devices import check_device, pick_device
 from bench.errors import BenchError
 from bench.models import PACKAGED_WEIGHTS, check_model_inputs
-from bench.runs.cell import with_fitting_captions
+from bench.runs.captions import with_fitting_captions
 from bench.runs.fingerprint import FingerprintCache, weights_fingerprint
 from bench.runs.plan import RunContext
 from bench.runs.record import RunSpec

@@ -21,6 +21,7 @@ from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weight
 from bench.runs.lease import Leases, Owner
 from bench.runs.record import RunSpec, shots_label
 from bench.runs.resolved import keyed_settings, resolved_settings
+from bench.runs.retention import require_retention_data
 from bench.runs.store import RunStore
 from bench.train.protocol import PROTOCOLS, resolve_protocol
 from bench.tuning.base import build_method
@@ -205,6 +206,8 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     catalog = catalog or context.catalog()
     specs: list[DatasetSpec] = [catalog.dataset(name) for name in request.datasets]
     check_training_splits(request, specs)
+    if any(resolve_protocol(request.protocol, shots_label(s), request.protocol_overrides).retention for s in request.shots):
+        require_retention_data(catalog, request.model, context.data_root, context.cache_dir)
     held_out = held_out_validation(request, specs, context, tuned)
     weights = resolve_weights(request)
     check_model_inputs(request.model, context.model_inputs(weights))  # once per sweep, before any cell

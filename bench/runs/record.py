@@ -161,6 +161,8 @@ class RunRecord:
     ``AP50`` ... as fractions in [0, 1]; NaN where undefined). ``best_step``: the training step of
     the selected weights (0 for methods that do not train). ``resolved``: the method config, protocol
     and catalog entry the run resolved to (:func:`bench.runs.resolved.resolved_settings`).
+    ``retention``: with the protocol's ``retention`` on, the same weights' test metrics on each
+    dataset of the model's retention set (:mod:`bench.runs.retention`); empty otherwise.
     """
 
     key: str
@@ -171,13 +173,15 @@ class RunRecord:
     cost: Cost
     provenance: Mapping[str, Any]
     resolved: Mapping[str, Any] = field(default_factory=dict)
+    retention: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         payload = {
             "format": RECORD_FORMAT,
             "key": self.key,
             "spec": self.spec.to_dict(),
-            "metrics": {"val": dict(self.val), "test": dict(self.test), "best_step": self.best_step},
+            "metrics": {"val": dict(self.val), "test": dict(self.test), "best_step": self.best_step}
+            | ({"retention": {name: dict(values) for name, values in self.retention.items()}} if self.retention else {}),
             "cost": dataclasses.asdict(self.cost) | {"trainable_percent": self.cost.trainable_percent},
             "provenance": dict(self.provenance),
             "resolved": dict(self.resolved),
@@ -205,6 +209,8 @@ class RunRecord:
                 cost=Cost(**cost),
                 provenance=dict(data["provenance"]),
                 resolved=dict(data["resolved"]) if data["format"] == RECORD_FORMAT else {},
+                retention={name: {k: float(v) for k, v in values.items()}
+                           for name, values in metrics.get("retention", {}).items()},
             )
         except AttributeError as err:  # a part of the wrong JSON type, e.g. a list where an object belongs
             raise ValueError(f"malformed record: {err}") from None

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from bench.catalog import DatasetSpec
 from bench.runs.record import RunSpec
-from bench.train.protocol import UNKEYED_PROTOCOL_FIELDS, resolve_protocol
+from bench.train.protocol import KEYED_WHEN_SET, UNKEYED_PROTOCOL_FIELDS, resolve_protocol
 from bench.tuning.base import Method, build_method
 from bench.tuning.search import with_values
 
@@ -39,7 +39,8 @@ def keyed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The part of :func:`resolved_settings` that the run key hashes: the method config and the
     protocol's fields that change a number. The catalog entry is already part of the data
     fingerprint (:func:`bench.runs.fingerprint.dataset_fingerprint`)."""
-    protocol = {name: value for name, value in settings["protocol"].items() if name not in UNKEYED_PROTOCOL_FIELDS}
+    protocol = {name: value for name, value in settings["protocol"].items() if name not in UNKEYED_PROTOCOL_FIELDS
+                and not (name in KEYED_WHEN_SET and value == KEYED_WHEN_SET[name])}
     return {"method_config": settings["method_config"], "protocol": protocol}
 
 

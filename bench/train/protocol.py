@@ -77,6 +77,9 @@ class Protocol:
     ``selection``: ``best-val`` scores the weights that did best on the validation split (held out of
     the training images where a dataset's validation is its test, :mod:`bench.data.holdout`);
     ``last`` scores the final weights of a fixed budget (no early stop), as SDPT's COCO recipe does.
+    ``retention``: also score the selected weights on the model's retention set (its entry in
+    ``datasets/models.yaml``), to measure what tuning cost the model's open-vocabulary ability;
+    off by default, since for real detectors it costs a COCO evaluation per cell.
     """
 
     name: str = "custom"
@@ -105,6 +108,7 @@ class Protocol:
     frozen_modules: FrozenModules = "eval"
     activation_checkpointing: Checkpointing = "official"
     attention: Attention = "default"
+    retention: bool = False
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,6 +164,9 @@ class Protocol:
 
 
 UNKEYED_PROTOCOL_FIELDS = frozenset({"description", "activation_checkpointing"})
+KEYED_WHEN_SET = {"retention": False}
+"""Protocol fields added after results existed, keyed only when they differ from this value, so that
+adding them changed no run key (:func:`bench.runs.resolved.keyed_settings`)."""
 """Protocol fields that change no number a run computes (prose; what the backward pass recomputes), so
 their defaults are not part of a run key (:mod:`bench.runs.resolved`); set with ``--protocol-set``
 they are, through the spec's overrides."""
