@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from bench.catalog import DatasetSpec, load_split_annotations, open_split
+from bench.data.coco_format import CocoAnnotations
 from bench.data.dataset import DetectionDataset
 from bench.devices import pick_device
 from bench.data.fewshot import few_shot_subset
@@ -30,6 +31,7 @@ from bench.runs.captions import used_text_positions, with_fitting_captions
 from bench.runs.plan import Cell, RunContext
 from bench.runs.fingerprint import FingerprintCache, weights_fingerprint
 from bench.runs.record import RESULTS_VERSION, Cost, RunRecord, RunSpec
+from bench.runs.pseudo_labels import PSEUDO_LABELS, provenance_of, pseudo_annotations, pseudo_label_file
 from bench.runs.resolved import resolved_method, resolved_settings
 from bench.runs.retention import score_retention
 from bench.runs.store import RunStore
@@ -81,26 +83,41 @@ def provenance(device: torch.device, started: datetime) -> dict[str, Any]:
 def training_and_validation(dataset: DatasetSpec, spec: RunSpec, context: RunContext) -> tuple[DetectionDataset, DetectionDataset]:
     """The cell's training set (full, its K-shot sample, or the split the dataset released for K shots)
     and its validation set: the dataset's own validation split, or (``spec.validation`` held out) one
-    drawn from the training images that the training set does not use (:mod:`bench.data.holdout`)."""
+    drawn from the training images that the training set does not use (:mod:`bench.data.holdout`).
+
+    Under ``training_labels: pseudo`` (:mod:`bench.runs.pseudo_labels`) the training images are the
+    same, their labels the teacher's; validation keeps the real labels."""
     where = {"cache_root": context.cache_dir}
-    released = dataset.training_split(spec.shots)
-    if released != "train":
-        if spec.validation == DECLARED:
-            return (open_split(dataset, released, context.data_root, **where),
-                    open_split(dataset, "val", context.data_root, **where))
-        sample = load_split_annotations(dataset, released, context.data_root, context.cache_dir)
-        training, validation = split_off_validation(load_split_annotations(dataset, "train", context.data_root, context.cache_dir), sample)
-        return (open_split(dataset, released, context.data_root, annotations=training, **where),
-                open_split(dataset, "train", context.data_root, annotations=validation, **where))
-    train = load_split_annotations(dataset, "train", context.data_root, context.cache_dir)
-    sample = None if spec.shots is None else few_shot_subset(
-        train, spec.shots, spec.split_seed, split_dir=dataset.split_paths("train", context.data_root, context.cache_dir)[1].parent)
+    split = dataset.training_split(spec.shots)
+    real_pool = load_split_annotations(dataset, "train", context.data_root, context.cache_dir) if "train" in dataset.splits else None
+    labels = _training_labels(dataset, spec, context)
+    if split != "train":
+        sample = load_split_annotations(dataset, split, context.data_root, context.cache_dir)
+    elif spec.shots is not None:
+        sample = few_shot_subset(real_pool, spec.shots, spec.split_seed,
+                                 split_dir=dataset.split_paths("train", context.data_root, context.cache_dir)[1].parent)
+    else:
+        sample = None
     if spec.validation == DECLARED:
-        return (open_split(dataset, "train", context.data_root, annotations=train if sample is None else sample, **where),
+        training = _relabelled(sample if sample is not None else real_pool, labels)
+        return (open_split(dataset, split, context.data_root, annotations=training, **where),
                 open_split(dataset, "val", context.data_root, **where))
-    training, validation = split_off_validation(train, sample)
-    return (open_split(dataset, "train", context.data_root, annotations=training, **where),
+    kept, validation = split_off_validation(real_pool, sample)
+    return (open_split(dataset, split, context.data_root, annotations=_relabelled(kept, labels), **where),
             open_split(dataset, "train", context.data_root, annotations=validation, **where))
+
+
+def _training_labels(dataset: DatasetSpec, spec: RunSpec, context: RunContext) -> CocoAnnotations | None:
+    """The teacher's pseudo-labels of the training split when the protocol trains on them, else None."""
+    protocol = resolve_protocol(spec.protocol, spec.shots_label, spec.protocol_overrides)
+    if protocol.training_labels != PSEUDO_LABELS:
+        return None
+    return pseudo_annotations(pseudo_label_file(dataset, spec.model, spec.weights, protocol, context, make=False))
+
+
+def _relabelled(images: CocoAnnotations, labels: CocoAnnotations | None) -> CocoAnnotations:
+    """``images`` with ``labels``' annotations of the same images (the real ones when ``labels`` is None)."""
+    return images if labels is None else labels.subset(images.image_ids)
 
 
 def finished_trial(spec: RunSpec, store: RunStore) -> RunRecord | None:
@@ -149,6 +166,8 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
     device = group.device(device)
 
     train_set, val_split = training_and_validation(dataset, spec, context)
+    trained_on = ({"pseudo_labels": provenance_of(pseudo_label_file(dataset, spec.model, spec.weights, protocol, context, make=False))}
+                  if protocol.training_labels == PSEUDO_LABELS else {})
 
     model = base_model(spec.model, context.model_inputs(spec.weights))
     dataset = with_fitting_captions(dataset, train_set, model)
@@ -212,7 +231,8 @@ def run_cell(cell: Cell, context: RunContext) -> RunRecord | None:
             train_steps=outcome.steps,
             wall_s=time.perf_counter() - tick,
         ),
-        provenance=provenance(device, started) | {"frozen_cache": frozen_cache_summary(context.frozen_cache, frozen_work)},
+        provenance=provenance(device, started) | {"frozen_cache": frozen_cache_summary(context.frozen_cache, frozen_work)}
+        | trained_on,
         resolved=settings,
         retention=retention,
     )

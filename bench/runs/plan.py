@@ -8,6 +8,7 @@ run key, so a ``--dry-run`` over thousands of cells takes seconds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,11 @@ from bench.catalog import Catalog, DatasetSpec, require_data
 from bench.data.holdout import DECLARED, HELD_OUT, validation_is_test
 from bench.errors import BenchError
 from bench.models import ATTENTION_KERNELS_OF, MODELS, PACKAGED_WEIGHTS, ModelInputs, check_model_inputs
-from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, weights_fingerprint
+from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, file_sha256, weights_fingerprint
 from bench.runs.lease import Leases, Owner
 from bench.runs.record import RunSpec, shots_label
 from bench.runs.resolved import keyed_settings, resolved_settings
+from bench.runs.pseudo_labels import PSEUDO_LABELS, pseudo_label_file
 from bench.runs.retention import require_retention_data
 from bench.runs.store import RunStore
 from bench.train.protocol import PROTOCOLS, resolve_protocol
@@ -227,7 +229,25 @@ def prepare(request: SweepRequest, context: RunContext, catalog: Catalog | None 
     }
     weights_digest = weights_fingerprint(weights, cache)
     cache.save()
+    for name, labels in pseudo_labels(request, specs, weights, context).items():  # their content is part of the key
+        data[name] = hashlib.sha256(f"{data[name]}:{file_sha256(labels)}".encode()).hexdigest()[:20]
     return PlanInputs(request, tuple(specs), data, weights, weights_digest, held_out)
+
+
+def pseudo_labels(request: SweepRequest, specs: Sequence[DatasetSpec], weights: str | None, context: RunContext) -> dict[str, Path]:
+    """The pseudo-label file of each dataset when the request trains on pseudo-labels (made now, before
+    any cell: :mod:`bench.runs.pseudo_labels`), by dataset name; none otherwise."""
+    protocols = [resolve_protocol(request.protocol, shots_label(s), request.protocol_overrides) for s in request.shots]
+    pseudo = [p for p in protocols if p.training_labels == PSEUDO_LABELS]
+    if not pseudo:
+        return {}
+    if len({(p.pseudo_label_teacher, p.pseudo_label_threshold) for p in pseudo}) > 1:
+        raise BenchError("The protocol's pseudo-label teacher or threshold differs between shots; set them once with --protocol-set.")
+    lacking = [spec.name for spec in specs if "train" not in spec.splits]
+    if lacking:
+        raise BenchError(f"training_labels=pseudo relabels a dataset's training split, which {', '.join(lacking)} do(es) not "
+                         "declare (they release only K-shot splits); leave them out of a self-training sweep.")
+    return {spec.name: pseudo_label_file(spec, request.model, weights, pseudo[0], context) for spec in specs}
 
 
 def seed_pairs(request: SweepRequest, method: str, shots: int | None, dataset: DatasetSpec) -> list[tuple[int | None, int]]:

@@ -26,6 +26,7 @@ Selection = Literal["best-val", "last"]
 AmpMode = Literal["auto", "bf16", "fp16", "none"]
 Attention = Literal["default", "eager", "sdpa"]  # "default" or bench.models.base.ATTENTION_KERNELS
 Checkpointing = Literal["off", "official", "all"]  # bench.models.base.CHECKPOINTING_LEVELS as a type
+TrainingLabels = Literal["annotated", "pseudo"]
 FrozenModules = Literal["eval", "train"]  # bench.train.modes.FROZEN_MODULE_MODES as a type (a test keeps them equal)
 
 # The range of every numeric field (of each item, for milestones).
@@ -41,6 +42,7 @@ LIMITS: Mapping[str, Range] = {
     "min_lr": NON_NEGATIVE,
     "clip_grad_norm": POSITIVE,
     "bias_lr_factor": POSITIVE,
+    "pseudo_label_threshold": Range(0, 1),  # a detection score
 }
 
 
@@ -80,6 +82,10 @@ class Protocol:
     ``retention``: also score the selected weights on the model's retention set (its entry in
     ``datasets/models.yaml``), to measure what tuning cost the model's open-vocabulary ability;
     off by default, since for real detectors it costs a COCO evaluation per cell.
+    ``training_labels``: ``pseudo`` trains on a teacher's detections instead of the training split's
+    annotations (the self-training scenario, :mod:`bench.runs.pseudo_labels`): the teacher is
+    ``pseudo_label_teacher`` (``zero-shot``: the sweep's base; or a cell's ``selected.safetensors``) and
+    its detections scoring at least ``pseudo_label_threshold`` become the labels.
     """
 
     name: str = "custom"
@@ -109,6 +115,9 @@ class Protocol:
     activation_checkpointing: Checkpointing = "official"
     attention: Attention = "default"
     retention: bool = False
+    training_labels: TrainingLabels = "annotated"
+    pseudo_label_teacher: str = "zero-shot"
+    pseudo_label_threshold: float = 0.5
     per_shots: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -164,7 +173,8 @@ class Protocol:
 
 
 UNKEYED_PROTOCOL_FIELDS = frozenset({"description", "activation_checkpointing"})
-KEYED_WHEN_SET = {"retention": False}
+KEYED_WHEN_SET = {"retention": False, "training_labels": "annotated", "pseudo_label_teacher": "zero-shot",
+                  "pseudo_label_threshold": 0.5}
 """Protocol fields added after results existed, keyed only when they differ from this value, so that
 adding them changed no run key (:func:`bench.runs.resolved.keyed_settings`)."""
 """Protocol fields that change no number a run computes (prose; what the backward pass recomputes), so
