@@ -77,6 +77,7 @@ from bench.tuning.base import Method, MethodConfig, register_method, trainable_b
 from methods.coop import PROMPT_LR_SOURCE
 
 Init = Literal["uniform", "normal", "zeros"]
+PinvFrom = Literal["base", "tuned"]
 INITS: tuple[str, ...] = get_args(Init)
 SDPT = "wuyongjianCODE/SDPT"
 
@@ -86,7 +87,10 @@ class SdptConfig(MethodConfig):
     """``num_tokens``: K prototype tokens per layer; ``layers``: fusion-layer indices that get tokens
     (None = all); ``shared``: one token set for all chosen layers; ``init``: "uniform" (U(-1, 1)),
     "normal" (N(0, 1)) or "zeros"; ``text_prompt_visible``: text-side prompts get mask 1 (paper
-    intent) instead of 0 (official code). Sources of the defaults: ``sources`` and the module docstring."""
+    intent) instead of 0 (official code); ``pinv_from``: "base", the pseudo-inverses of the pre-trained
+    projections, cached, or "tuned", of the projections as another method changes them (``sdpt+lora``:
+    ``W + BA``), recomputed in every forward pass. Sources of the defaults: ``sources`` and the module
+    docstring."""
 
     lr: float = 1e-2
     weight_decay: float = 0.01
@@ -95,6 +99,7 @@ class SdptConfig(MethodConfig):
     shared: bool = False
     init: Init = "uniform"
     text_prompt_visible: bool = False
+    pinv_from: PinvFrom = "base"
 
     limits = {"num_tokens": AT_LEAST_ONE, "layers": NON_NEGATIVE}
 
@@ -109,6 +114,8 @@ class SdptConfig(MethodConfig):
         "init": f"official code: {SDPT} maskrcnn_benchmark/config/defaults.py (ECCV.init_way 'uniform', U(-1, 1))",
         "text_prompt_visible": f"official code: {SDPT} maskrcnn_benchmark/utils/fuse_helper.py (text-side prompts "
                                "padded with mask 0)",
+        "pinv_from": f"official code: {SDPT} maskrcnn_benchmark/utils/fuse_helper.py (get_inverse reads v_proj.weight, "
+                     "which under its LoRA baseline is loralib's frozen base weight, not W + BA)",
     }
 
     def __post_init__(self) -> None:
@@ -153,6 +160,18 @@ def _pinv_of_transpose(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.pinv(weight.t()), bias.clone()
 
 
+def _pinv_of_affine(projection: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pinv(W^T), b)`` of the affine map a projection computes now, whatever wraps it (peft's LoRA:
+    ``W + s B A``), read off the module itself: ``f(0) = b`` and ``f(I) = W^T + b``. Differentiable in
+    the wrapper's parameters, so they learn through the prompts too."""
+    base = projection.base_layer if hasattr(projection, "base_layer") else projection
+    dtype = _pinv_dtype(base.weight)
+    probe = torch.cat([torch.zeros(1, base.in_features), torch.eye(base.in_features)]).to(base.weight.device, base.weight.dtype)
+    out = projection(probe).to(dtype)
+    bias, weight_t = out[0], out[1:] - out[0]
+    return torch.linalg.pinv(weight_t), bias
+
+
 def _state_key(linear: nn.Linear) -> tuple:
     """What identifies the current values of a projection: storage, version counter, device, dtype."""
     key: tuple = ()
@@ -171,8 +190,10 @@ class ProjectedPrototypeTokens(nn.Module):
     """
 
     def __init__(self, v_proj: nn.Linear, l_proj: nn.Linear, num_tokens: int, init: str,
-                 text_prompt_visible: bool, owner: "ProjectedPrototypeTokens | None" = None) -> None:
+                 text_prompt_visible: bool, owner: "ProjectedPrototypeTokens | None" = None,
+                 layer: FusionLayer | None = None) -> None:
         super().__init__()
+        object.__setattr__(self, "_layer", layer)  # pinv_from="tuned": the projections are read from it each time
         if v_proj.out_features != l_proj.out_features:
             raise BenchError(f"SDPT needs v_proj and l_proj to share the attention width; got {v_proj.out_features} and {l_proj.out_features}.")
         object.__setattr__(self, "_projections", (v_proj, l_proj))
@@ -211,9 +232,14 @@ class ProjectedPrototypeTokens(nn.Module):
 
     def projected(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P_v [K, v_dim], P_l [K, l_dim])`` in the pseudo-inverses' precision (at least float32),
-        differentiable in ``T``."""
-        self._ensure_fresh()
+        differentiable in ``T`` (and, with ``pinv_from="tuned"``, in whatever changes the projections)."""
         tokens = self.prototype_tokens
+        if self._layer is not None:
+            with torch.autocast(device_type=tokens.device.type, enabled=False):
+                maps = [_pinv_of_affine(module) for module in self._layer.attention_projections()]
+                tokens = tokens.to(maps[0][0].dtype)
+                return tuple((tokens - bias) @ pinv for pinv, bias in maps)
+        self._ensure_fresh()
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             tokens = tokens.to(self.pinv_v.dtype)
             return (tokens - self.bias_v) @ self.pinv_v, (tokens - self.bias_l) @ self.pinv_l
@@ -278,7 +304,8 @@ def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Para
     for layer in chosen_layers(model, config.layers):
         image_query, text_key = layer.attention_projections()
         extension = ProjectedPrototypeTokens(image_query, text_key, config.num_tokens, config.init,
-                                             config.text_prompt_visible, owner=owner)
+                                             config.text_prompt_visible, owner=owner,
+                                             layer=layer if config.pinv_from == "tuned" else None)
         layer.token_extension = extension
         if config.shared and owner is None:
             owner = extension

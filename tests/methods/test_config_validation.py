@@ -39,6 +39,7 @@ LIMITS = {
     "lora": {**PROMPT, "rank": ">= 1", "alpha": "> 0", "dropout": "in [0, 1)"},
     "dora": {**PROMPT, "rank": ">= 1", "alpha": "> 0", "dropout": "in [0, 1)"},
     "ia3": PROMPT,
+    "adapter": {**PROMPT, "reduction_factor": ">= 1", "scale": "> 0"},
     "sdpt+lora": {**PROMPT, "sdpt_num_tokens": ">= 1", "sdpt_layers": ">= 0", "lora_rank": ">= 1", "lora_alpha": "> 0",
                   "lora_dropout": "in [0, 1)"},
     "dual-prompt": {**PROMPT, "coop_context_tokens": ">= 1", "vpt_num_tokens": ">= 1", "vpt_stages": ">= 0"},

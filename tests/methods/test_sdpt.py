@@ -154,3 +154,33 @@ def test_sdpt_head_trains_tokens_plus_the_head_group_only(glip_a_factory):
 def test_bad_options_are_explained(options, glip_a_factory):
     with pytest.raises(BenchError, match="(?i)sdpt"):  # "sdpt option ..." when built, "SDPT ..." when installed
         build_method("sdpt", options).apply(glip_a_factory())
+
+
+def test_pinv_from_tuned_follows_the_lora_update_and_base_keeps_the_pretrained_map(glip_a_factory):
+    """``sdpt+lora``'s documented default maps the tokens through the pre-trained projections; with
+    ``pinv_from="tuned"`` they go through ``W + s B A``, recomputed, and LoRA's B learns through them."""
+    from bench.tuning.base import build_method
+
+    options = {"sdpt.num_tokens": 3, "sdpt.layers": [0], "lora.rank": 2}
+    base_model, tuned_model = glip_a_factory(), glip_a_factory()
+    torch.manual_seed(0)
+    build_method("sdpt+lora", options).apply(base_model)
+    torch.manual_seed(0)
+    build_method("sdpt+lora", {**options, "sdpt.pinv_from": "tuned"}).apply(tuned_model)
+    base_ext = base_model.fusion_layers()[0].token_extension
+    tuned_ext = tuned_model.fusion_layers()[0].token_extension
+    for a, b in zip(base_ext.projected(), tuned_ext.projected()):  # B = 0: W + sBA = W
+        assert torch.allclose(a, b, atol=1e-4)
+    lora_b = [p for n, p in tuned_model.named_parameters() if "lora_B" in n and "dyhead_tower.0." in n]
+    base_before = [t.detach().clone() for t in base_ext.projected()]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.1)
+        for n, p in base_model.named_parameters():
+            if "lora_B" in n and "dyhead_tower.0." in n:
+                p.normal_(0, 0.1)
+    moved = tuned_ext.projected()
+    assert not torch.allclose(moved[0], base_ext.projected()[0], atol=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(base_before, base_ext.projected()))  # base: the pre-trained map
+    sum(p.square().sum() for p in moved).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
