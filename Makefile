@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (see README.md):
 #   make bench   create .venv, install the project, run the default benchmark
 #   make test    create .venv, install the project with its test tools, run the test-suite
-#   make test-soak  the minutes-long fault-injection and race tests (CI runs both)
+#   make test-soak  the minutes-long fault-injection and race tests and the peft catalogue's contracts (CI runs both)
 # The venv is rebuilt only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
@@ -25,11 +25,12 @@ bench: install
 	$(PY) run_bench.py $(BENCH_ARGS)
 
 test: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "not soak and not extended" $(PYTEST_ARGS)
 
-# The soak tests (cells killed over 20 times, two launchers racing on one results folder): CI runs them too.
+# The soak tests (cells killed over 20 times, two launchers racing on one results folder) and the peft
+# catalogue's contract tests: CI runs them too.
 test-soak: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m soak $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "soak or extended" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

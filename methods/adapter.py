@@ -79,8 +79,8 @@ class AdapterConfig(MethodConfig):
         "groups": "ours: the detector's two transformer encoders, every layer of which Houlsby et al. and AdaptFormer adapt",
         "positions": f"paper: Houlsby et al. (ICML 2019) Fig. 2, after the attention and the feed-forward layer ({HOULSBY}: "
                      "mh_adapter and output_adapter)",
-        "reduction_factor": f"library default: {HOULSBY} (reduction_factor=16)",
-        "activation": f"library default: {HOULSBY} (non_linearity='swish')",
+        "reduction_factor": f"official code: {HOULSBY} (reduction_factor=16)",
+        "activation": f"official code: {HOULSBY} (non_linearity='swish')",
         "scale": "paper: Houlsby et al. add the adapter's output unscaled (AdaptFormer's s = 0.1 is the preset adapter@adaptformer)",
     }
 

@@ -15,9 +15,10 @@ Each part's ``install`` leaves the others' parameters as they are (the method co
 installing in order composes, and the trainable count is the sum of the parts' formulas, as long as
 the parts do not claim the same thing. Two kinds of claim are checked while installing, and a clash
 is refused naming both parts and what they share: a parameter trained by two parts (``full+bitfit``:
-the biases), and an extension slot a later part fills again (``coop+maple``: both fill the text
-encoder's ``input_embedding_hook``), or a layer that two peft parts would both wrap (``lora+ia3`` on the
-same groups).
+the biases), and an extension slot both declare (``coop+maple``: both fill the text encoder's
+``input_embedding_hook``; checked before installing, and again after each part). Two peft methods
+(``lora+ia3``) are refused as well: :func:`methods.peft_tuners.inject` does not inject into a model that
+already holds peft adapters.
 
 ``sdpt+lora``: the SDPT paper states that its prototype tokens are compatible with other PEFT modules.
 SDPT is installed first, so its pseudo-inverses come from the frozen pre-trained projections, which
@@ -30,7 +31,6 @@ import dataclasses
 import sys
 from typing import ClassVar
 
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from bench.errors import BenchError
@@ -200,15 +200,13 @@ def refuse_shared_slots(name: str, parts: tuple[tuple[str, type[Method]], ...]) 
 
 def filled_slots(model: nn.Module) -> dict[tuple[str, str], int]:
     """What occupies the model's extension points now: ``(module name, slot) -> id(occupant)`` for
-    every filled slot, and ``(module name, "peft wrapper")`` for every layer peft has wrapped."""
+    every filled slot."""
     filled = {}
     for name, module in model.named_modules():
         for slot in SLOT_NAMES:
             occupant = getattr(module, slot, None)
             if occupant is not None:
                 filled[(name, slot)] = id(occupant)
-        if isinstance(module, BaseTunerLayer):
-            filled[(name, "peft wrapper")] = id(module)
     return filled
 
 

@@ -25,7 +25,7 @@ SWIN_STAGES = 4
 # methods.peft_tuners): ours, one decade above full fine-tuning's GLIP rate (1e-4), since few weights
 # start from a neutral point (zero offsets, ones, the pre-trained biases) and must move further.
 WEIGHT_SUBSET_LR_SOURCE = ("ours: ten times full fine-tuning's 1e-4, the rate of every method here that trains a "
-                           "small set of weights (bitfit, lora, dora, ia3)")
+                           "small set of weights (bitfit, lora, dora, ia3, adapter, the peft catalogue)")
 
 
 @dataclass(frozen=True)

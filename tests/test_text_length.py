@@ -161,7 +161,9 @@ def test_every_method_trains_the_same_on_the_shorter_text(name, glip_a_factory, 
     for parameter, grad in grads.items():
         reference = padded_grads[parameter]
         assert (grad is None) == (reference is None), parameter
-        assert grad is None or close(grad, reference, GRADS), parameter
+        # float rounding grows with the gradients' size (FourierFT's scaling 150 makes them ~80x LoRA's)
+        scale = 1.0 if reference is None else max(1.0, float(reference.abs().max()))
+        assert grad is None or torch.allclose(grad, reference, rtol=GRADS.rtol, atol=GRADS.atol * scale), parameter
 
 
 def test_a_caption_longer_than_the_text_slots_is_still_refused(glip_a_factory):

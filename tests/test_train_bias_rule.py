@@ -24,16 +24,22 @@ NOT_SUFFIX_MATCHES = {
         "full": {"relative_position_bias_table", "bias_lang", "bias0"},
         "linear-probe": {"bias_lang", "bias0"},
         "sdpt-head": {"bias_lang", "bias0"},
+        "peft:beft": {"peft_method"},
     },
     "grounding-dino": {
         "full": {"relative_position_bias_table"},
+        "peft:beft": {"peft_method"},
     },
     "mm-grounding-dino": {
         "full": {"relative_position_bias_table"},
+        "peft:beft": {"peft_method"},
     },
 }
-# Methods whose own (added) tensors include biases: MaPLe's couplings are nn.Linear layers.
-METHODS_WITH_OWN_BIASES = {"maple"}
+# Methods whose own (added) tensors include biases: MaPLe's couplings and the adapters' bottlenecks are
+# nn.Linear layers, LN tuning trains copies of LayerNorms, BEFT's tensor is an output offset (under
+# ``...beft_bias.peft_method``): GLIP's rule gives all of them the bias lr and no weight decay.
+METHODS_WITH_OWN_BIASES = {"maple", "adapter", "peft:ln-tuning", "peft:beft"}
+OWN_BIAS_NAMES = {"peft:beft": "peft_method"}  # a method's own bias tensor not named *.bias
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def test_the_substring_rule_matches_only_intended_names(name, backend, builders)
     beyond_suffix = {n.rsplit(".", 1)[-1] for n in trainable if is_bias(n) and not n.endswith("bias")}
     assert beyond_suffix == NOT_SUFFIX_MATCHES[backend].get(name, set())
     own = [n for n in trainable if n not in base and is_bias(n)]
-    assert all(n.endswith(".bias") for n in own), own
+    assert all(n.endswith(".bias") or n.endswith(OWN_BIAS_NAMES.get(name, ".bias")) for n in own), own
     assert bool(own) == (name in METHODS_WITH_OWN_BIASES)
 
 

@@ -2,7 +2,7 @@
 
 The contract tests (:mod:`tests.methods.test_contract`) run on some of these composites too; here is
 what is particular to composing: the name resolves without being declared, ``part.field`` options
-reach the part, and two parts that claim the same parameter, extension slot or peft-wrapped layer
+reach the part, and two parts that claim the same parameter or extension slot, or two peft parts,
 are refused with both named, before anything trains.
 """
 
@@ -49,13 +49,15 @@ def test_an_unknown_part_is_named_with_the_closest_method():
     ("coop+maple", r"the parts 'coop' and 'maple' both fill input_embedding_hook"),
     ("vpt+maple", r"the parts 'vpt' and 'maple' both fill extra_tokens"),
     ("sdpt+sdpt-head", r"the parts 'sdpt' and 'sdpt-head' both fill token_extension"),
-    ("lora+ia3", r"the parts 'lora' and 'ia3' both fill peft wrapper"),
+    ("lora+ia3", r"'ia3' cannot be installed after lora: .*already holds peft adapters"),
 ])
 def test_parts_that_claim_the_same_parameter_slot_or_layer_are_refused(name, clash, glip_a_factory):
     with pytest.raises(BenchError, match=clash):
         build_method(name).apply(glip_a_factory())
 
 
-def test_peft_parts_on_different_groups_compose():
+def test_options_address_each_peft_part_even_though_two_peft_parts_do_not_install(glip_a_factory):
     method = build_method("lora+ia3", {"lora.groups": ["fusion"], "ia3.groups": ["text_encoder"]})
-    assert [part for part, _ in method.parts] == ["lora", "ia3"]
+    assert [m.config.groups for m in method.part_methods()] == [("fusion",), ("text_encoder",)]
+    with pytest.raises(BenchError, match="already holds peft adapters"):
+        method.apply(glip_a_factory())

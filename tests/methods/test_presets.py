@@ -54,7 +54,7 @@ def test_lora_at_sdpt_scales_by_one_over_sixteen(glip_a_factory):
     [
         ("sdpt-head@oficial", r"Unknown preset 'oficial' of the method 'sdpt-head'\. Did you mean sdpt-head@official\? Its presets: official\."),
         ("vpt@deepest", r"Its presets: per-stage, shallow\."),
-        ("sdpt@official", r"The method 'sdpt' has no presets .*Presets: lora@sdpt, sdpt-head@official"),
+        ("sdpt@official", r"The method 'sdpt' has no presets .*Presets: adapter@adaptformer, lora@sdpt, sdpt-head@official"),
         ("sdtp@official", r"Unknown method 'sdtp'"),
     ],
 )
