@@ -76,3 +76,17 @@ def grounding_dino_factory(tmp_path_factory):
         return model.eval()
 
     return build
+
+
+CATALOGUE_PREFIX = "peft:"  # the methods of methods.peft_tuners' catalogue
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test parametrised with a method of the peft catalogue (20 tuners: their contract on two
+    backends alone is 300 tests, about 3 minutes on two idle cores) is marked ``extended``: ``make test``
+    leaves them to ``make test-soak``, which CI runs after it, so the everyday suite stays within its
+    time budget while CI still runs all of them."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(value, str) and value.startswith(CATALOGUE_PREFIX) for value in params.values()):
+            item.add_marker(pytest.mark.extended)

@@ -146,7 +146,7 @@ def test_a_file_overwritten_with_null_names_the_package_version_that_did_it(tmp_
 
 def _spec(dataset: str, shots: int | None, validation: str = DECLARED) -> RunSpec:
     return RunSpec(model="glip-nano", weights=None, method="bitfit", dataset=dataset, shots=shots, split_seed=None,
-                   train_seed=0, validation=validation)
+                   train_seed=0, protocol="shapes", validation=validation)
 
 
 def test_a_k_shot_cell_trains_on_the_released_file(data_root, tmp_path):

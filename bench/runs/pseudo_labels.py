@@ -1,7 +1,7 @@
 """Self-training: every method tunes on a teacher's pseudo-labels and is scored on the real test labels.
 
 The SDPT paper reports its prompts robust "in few-shot and self-training scenarios"; its official
-code trains on pseudo-labels written over the training annotations (``--train_label`` in
+code trains on pseudo-labels written over the training annotations (its ``train_label`` option,
 wuyongjianCODE/SDPT). Here that is a protocol setting (``training_labels: pseudo``): before any cell,
 the teacher (the sweep's pre-trained base, zero-shot, or a stored tuned state of it,
 ``pseudo_label_teacher``) detects on each dataset's training images, detections scoring at least

@@ -18,8 +18,6 @@ from bench.models.glip.model import GLIP
 from bench.models.grounding_dino.model import GroundingDino
 from tests.grounding_dino_support import SHAPE_CLASSES, tiny_task
 
-CATALOGUE_PREFIX = "peft:"  # the methods of methods.peft_tuners' catalogue
-
 
 @dataclass
 class Task:
@@ -105,13 +103,3 @@ def backend(request) -> Backend:
         "grounding-dino", request.getfixturevalue("grounding_dino_factory"), request.getfixturevalue("grounding_dino_task"),
         grounding_dino_outputs, reaches_lower,
     )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The peft catalogue's contract tests (20 tuners, two backends: 300 tests, about 3 minutes on two
-    idle cores) are marked ``extended``: ``make test`` leaves them to ``make test-soak``, which CI runs
-    after it, so the everyday suite stays within its time budget."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if item.path.name == "test_contract.py" and callspec is not None and str(callspec.params.get("name", "")).startswith(CATALOGUE_PREFIX):
-            item.add_marker(pytest.mark.extended)
