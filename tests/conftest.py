@@ -79,14 +79,17 @@ def grounding_dino_factory(tmp_path_factory):
 
 
 CATALOGUE_PREFIX = "peft:"  # the methods of methods.peft_tuners' catalogue
+COMPOSED_ON_DEMAND = {"sdpt+bitfit", "coop+vpt", "sdpt+ia3"}  # tests/methods/test_contract.py's extra compositions
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test parametrised with a method of the peft catalogue (20 tuners: their contract on two
-    backends alone is 300 tests, about 3 minutes on two idle cores) is marked ``extended``: ``make test``
-    leaves them to ``make test-soak``, which CI runs after it, so the everyday suite stays within its
-    time budget while CI still runs all of them."""
+    backends alone is 300 tests, about 3 minutes on two idle cores) or with one of the compositions the
+    contract runs on demand is marked ``extended``: ``make test`` leaves them to ``make test-soak``,
+    which CI runs after it, so the everyday suite stays within its time budget while CI still runs all
+    of them (the registered compositions, sdpt+lora and dual-prompt, stay in make test)."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if any(isinstance(value, str) and value.startswith(CATALOGUE_PREFIX) for value in params.values()):
+        if any(isinstance(value, str) and (value.startswith(CATALOGUE_PREFIX) or value in COMPOSED_ON_DEMAND)
+               for value in params.values()):
             item.add_marker(pytest.mark.extended)

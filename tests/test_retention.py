@@ -35,7 +35,7 @@ def sweep(tmp_path_factory):
     return root / "results", rc
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_every_cell_is_scored_on_the_base_worlds_held_out_images(sweep):
     results, rc = sweep
     assert rc == 0
@@ -46,7 +46,7 @@ def test_every_cell_is_scored_on_the_base_worlds_held_out_images(sweep):
     assert records["zero-shot"].retention["shapes-pretrain-shapes"]["AP"] != records["zero-shot"].test["AP"]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_full_fine_tuning_loses_more_retention_than_zero_shot(sweep):
     results, _ = sweep
     board = pd.read_csv(results / "leaderboard.csv").set_index("method")
