@@ -120,6 +120,8 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
     sources = {shared: f"ours: the lowest-lr part's setting, shared by all parts; its source: {slowest.sources[shared]}"
                for shared in SHARED_FIELDS if shared in slowest.sources}
     limits = {shared: slowest.limits[shared] for shared in SHARED_FIELDS if shared in slowest.limits}
+    keyed_when_set = {f"{_prefix(part)}_{name}": value for part, cls in classes
+                      for name, value in cls.config_class.keyed_when_set.items()}
     for part, cls in classes:
         defaults = cls.config_class()
         for f in dataclasses.fields(cls.config_class):
@@ -153,7 +155,8 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
     stem = "".join(_prefix(p).title().replace("_", "") for p in parts)
     module = sys.modules[__name__]
     config_class = dataclasses.make_dataclass(f"{stem}Config", fields, bases=(MethodConfig,), frozen=True,
-                                              namespace={"sources": sources, "limits": limits, "__post_init__": check_parts,
+                                              namespace={"sources": sources, "limits": limits, "keyed_when_set": keyed_when_set,
+                                                         "__post_init__": check_parts,
                                                          "from_dict": from_dict})
     config_class.__module__ = __name__
     config_class.__doc__ = f"Config of {name!r}: shared lr and weight_decay, then each part's fields prefixed with its name."

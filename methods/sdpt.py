@@ -102,6 +102,8 @@ class SdptConfig(MethodConfig):
     pinv_from: PinvFrom = "base"
 
     limits = {"num_tokens": AT_LEAST_ONE, "layers": NON_NEGATIVE}
+    # added after results existed: keyed only when set otherwise, so the runs made before keep their keys
+    keyed_when_set = {"pinv_from": "base"}
 
     sources = {
         "lr": PROMPT_LR_SOURCE + "; the released 1e-5 (sdpt-head) barely moves U(-1, 1) tokens",

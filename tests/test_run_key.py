@@ -188,3 +188,16 @@ def test_fingerprint_cache_is_kept_between_processes(tmp_path):
     assert entry.startswith(f"{path.resolve()}|1000|") and full.startswith(digest)
     assert weights_fingerprint(str(path), reloaded) == digest and not reloaded._dirty  # read, not hashed again
     assert weights_fingerprint(None, reloaded) is None
+
+
+def test_a_method_field_added_after_results_existed_is_keyed_only_when_set():
+    """SDPT's pinv_from came after the default benchmark's records: at its default it keys nothing."""
+    from bench.runs.resolved import keyed_settings
+    from bench.tuning.base import build_method
+
+    for name, field in (("sdpt", "pinv_from"), ("sdpt+lora", "sdpt_pinv_from")):
+        config = build_method(name).config
+        settings = {"method_config": config.to_dict(), "protocol": {}}
+        assert field not in keyed_settings(settings, config.keyed_when_set)["method_config"]
+        settings["method_config"][field] = "tuned"
+        assert keyed_settings(settings, config.keyed_when_set)["method_config"][field] == "tuned"

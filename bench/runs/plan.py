@@ -21,7 +21,7 @@ from bench.models import ATTENTION_KERNELS_OF, MODELS, PACKAGED_WEIGHTS, ModelIn
 from bench.runs.fingerprint import FingerprintCache, dataset_fingerprint, file_sha256, weights_fingerprint
 from bench.runs.lease import Leases, Owner
 from bench.runs.record import RunSpec, shots_label
-from bench.runs.resolved import keyed_settings, resolved_settings
+from bench.runs.resolved import keyed_settings, resolved_method, resolved_settings
 from bench.runs.pseudo_labels import PSEUDO_LABELS, pseudo_label_file
 from bench.runs.retention import require_retention_data
 from bench.runs.store import RunStore
@@ -191,7 +191,8 @@ class PlanInputs:
             tuning=dict(tuning or {}),
             validation=HELD_OUT if dataset in self.held_out else DECLARED,
         )
-        settings = keyed_settings(resolved_settings(run, self.dataset(dataset)))
+        settings = keyed_settings(resolved_settings(run, self.dataset(dataset)),
+                                  resolved_method(run).config.keyed_when_set)
         return Cell(run, run.key(self.weights_fingerprint, self.data_fingerprints[dataset], settings))
 
     def dataset(self, name: str) -> DatasetSpec:

@@ -35,13 +35,18 @@ def resolved_settings(spec: RunSpec, dataset: DatasetSpec) -> dict[str, Any]:
     return _plain({"method_config": resolved_method(spec).config.to_dict(), "protocol": protocol.to_dict(), "dataset": entry})
 
 
-def keyed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+def keyed_settings(settings: Mapping[str, Any], method_keyed_when_set: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The part of :func:`resolved_settings` that the run key hashes: the method config and the
     protocol's fields that change a number. The catalog entry is already part of the data
-    fingerprint (:func:`bench.runs.fingerprint.dataset_fingerprint`)."""
+    fingerprint (:func:`bench.runs.fingerprint.dataset_fingerprint`). Fields added after results
+    existed are keyed only when they differ from the value that reproduces the runs made before them
+    (:data:`bench.train.protocol.KEYED_WHEN_SET`; a method config's ``keyed_when_set``)."""
     protocol = {name: value for name, value in settings["protocol"].items() if name not in UNKEYED_PROTOCOL_FIELDS
                 and not (name in KEYED_WHEN_SET and value == KEYED_WHEN_SET[name])}
-    return {"method_config": settings["method_config"], "protocol": protocol}
+    method_defaults = method_keyed_when_set or {}
+    method = {name: value for name, value in settings["method_config"].items()
+              if not (name in method_defaults and value == method_defaults[name])}
+    return {"method_config": method, "protocol": protocol}
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,9 @@ class MethodConfig:
         "weight_decay": "official code: microsoft/GLIP README, ODinW fine-tuning command (SOLVER.WEIGHT_DECAY 0.05)",
     })
     limits: ClassVar[Mapping[str, Range]] = MappingProxyType({"lr": POSITIVE, "weight_decay": NON_NEGATIVE})
+    # Fields added after results existed, with the value that reproduces the runs made before them: keyed
+    # only when set otherwise (bench.runs.resolved.keyed_settings).
+    keyed_when_set: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,6 +81,7 @@ class MethodConfig:
             raise TypeError(f"{cls.__name__} changes the default of {stale} without a source; add them to its `sources`.")
         cls.sources = MappingProxyType({**merged, **own})
         cls.limits = MappingProxyType({**_inherited(cls, "limits"), **cls.__dict__.get("limits", {})})
+        cls.keyed_when_set = MappingProxyType({**_inherited(cls, "keyed_when_set"), **cls.__dict__.get("keyed_when_set", {})})
 
     def __post_init__(self) -> None:
         """Refuse values of the wrong type or out of ``limits``; store ints given for float fields as floats."""
