@@ -12,9 +12,9 @@ import pandas as pd
 
 from bench.catalog import Catalog
 from bench.data.holdout import DECLARED
+from bench.report.retention import ZERO_SHOT
 from bench.report.tables import markdown_table, number
 
-ZERO_SHOT = "zero-shot"
 COLUMNS = ["model", "weights", "dataset", "split", "measured", "published", "difference", "tolerance", "within", "source"]
 
 
