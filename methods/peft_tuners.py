@@ -600,8 +600,29 @@ UNREGISTERED_TUNERS: dict[str, str] = {
 EFFECTIVE_COUNT_NOT_DERIVED: frozenset[str] = frozenset(tuner.name for tuner in TUNERS)
 
 
+# The peft release this catalogue was reviewed against, tuner by tuner (constraints.txt pins it for
+# development and CI). A later peft may bring tuners no one has looked at: they are refused, never
+# registered unchecked.
+REVIEWED_PEFT_VERSION = "0.21.2"
+
+
+def tuner_method_name(peft_type: PeftType) -> str:
+    """The method name a peft tuner has or would have here: ``PeftType.LOHA`` -> ``peft:loha``."""
+    return "peft:" + peft_type.value.lower().replace("_", "-")
+
+
+def unreviewed_tuners() -> frozenset[str]:
+    """Method names of the installed peft's tuners that this catalogue neither offers nor refuses."""
+    known = {tuner.name for tuner in TUNERS} | set(REFUSED_TUNERS) | set(UNREGISTERED_TUNERS)
+    return frozenset(tuner_method_name(peft_type) for peft_type in PeftType) - known
+
+
 def unavailable_reason(name: str) -> str | None:
     """Why the method ``name`` (``peft:prefix-tuning``) is not offered, or None if that is not known."""
+    if name in unreviewed_tuners():
+        return (f"the installed peft {peft.__version__} has this tuner, but the catalogue was reviewed on peft "
+                f"{REVIEWED_PEFT_VERSION}, which did not; it is offered once its count formula and contract are "
+                f"checked (methods/peft_tuners.py), or install peft=={REVIEWED_PEFT_VERSION}")
     return REFUSED_TUNERS.get(name) or UNREGISTERED_TUNERS.get(name)
 
 
