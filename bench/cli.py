@@ -46,6 +46,7 @@ from bench.tuning.search import parse_tuned_fields
 DEFAULT_METHODS = ("zero-shot", "linear-probe", "glip-prompt", "coop", "vpt", "maple", "sdpt", "lora", "full")
 MAX_DEFAULT_JOBS = 8
 DEFAULT_SUITE = "shapes-odinw-mini"
+DEFAULT_SHOTS = "5,full"
 LISTED_SUITE_SIZE = 20  # --list names the members of suites up to this size; larger ones are counted
 REFERENCE_HELP = ("the method every other one is compared with in the report's paired tests "
                   "(default: the best row of each model and shots)")
@@ -53,11 +54,15 @@ REFERENCE_HELP = ("the method every other one is compared with in the report's p
 
 def default_arguments() -> list[str]:
     """What ``python run_bench.py`` without arguments runs: every default method on shapes-odinw-mini
-    with glip-nano's packaged weights under the ``shapes`` protocol, its lr tuned on validation with
-    the same 3 trials for every method, 3 seed replicates, one single-threaded cell per CPU core."""
+    with glip-nano's packaged weights under the ``shapes`` protocol, 5-shot and full data (so a claim
+    of robustness in few-shot is visible in the small world too), its lr tuned on validation with the
+    same 3 trials for every method, 3 seed replicates (each 5-shot replicate draws its own split), the
+    tuned model also scored on held-out images of glip-nano's pre-training world (retention), one
+    single-threaded cell per CPU core."""
     jobs = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS))
     return ["--model", "glip-nano", "--suite", DEFAULT_SUITE, "--methods", ",".join(DEFAULT_METHODS),
-            "--protocol", "shapes", "--seeds", "0,1,2", "--tune", "lr", "--tune-trials", "3", "--jobs", str(jobs)]
+            "--shots", DEFAULT_SHOTS, "--protocol", "shapes", "--protocol-set", "retention=true",
+            "--seeds", "0,1,2", "--tune", "lr", "--tune-trials", "3", "--jobs", str(jobs)]
 
 
 def _csv(value: str) -> list[str]:

@@ -27,6 +27,9 @@ def test_default_run_covers_every_method_family_on_the_pretrained_nano():
     assert args[args.index("--model") + 1] == "glip-nano" and "glip-nano" in PACKAGED_WEIGHTS
     assert args[args.index("--suite") + 1] == "shapes-odinw-mini" and args[args.index("--protocol") + 1] == "shapes"
     assert args[args.index("--tune") + 1] == "lr" and len(args[args.index("--seeds") + 1].split(",")) >= 3
+    shots = args[args.index("--shots") + 1].split(",")
+    assert "full" in shots and any(s.isdigit() for s in shots)  # full data and a few-shot setting
+    assert args[args.index("--protocol-set") + 1] == "retention=true"
     methods = args[args.index("--methods") + 1].split(",")
     assert tuple(methods) == DEFAULT_METHODS
     build_method("zero-shot")  # registers every method
@@ -51,10 +54,14 @@ def test_reduced_default_run_writes_the_leaderboard_files(tmp_path_factory, caps
     records, _ = RunStore(results / "runs").load_records()
     finals = [r for r in records if not r.spec.is_trial]
     trials = [r for r in records if r.spec.is_trial]
-    # zero-shot once; sdpt: 3 lr trials on the first replicate, then 3 replicates with the selected lr
-    assert sorted(r.spec.method for r in finals) == ["sdpt"] * 3 + ["zero-shot"]
-    assert len(trials) == 3 and {r.spec.method for r in trials} == {"sdpt"}
+    # per shots (5 and full): zero-shot once; sdpt: 3 lr trials on the first replicate, then 3
+    # replicates with the selected lr, each 5-shot replicate on its own split
+    assert sorted((r.spec.method, r.spec.shots or 0) for r in finals) == sorted(
+        [("sdpt", 5)] * 3 + [("sdpt", 0)] * 3 + [("zero-shot", 5), ("zero-shot", 0)])
+    assert len(trials) == 6 and {r.spec.method for r in trials} == {"sdpt"}
     assert {r.spec.train_seed for r in finals if r.spec.method == "sdpt"} == {0, 1, 2}
+    assert len({r.spec.split_seed for r in finals if r.spec.method == "sdpt" and r.spec.shots == 5}) == 3
+    assert all(r.retention for r in finals) and (results / "figures" / "ap_vs_retention_loss.png").is_file()
     assert (results / "tuning.md").is_file() and (results / "comparisons.md").is_file()
     assert all(r.spec.weights == str(PACKAGED_WEIGHTS["glip-nano"].resolve()) for r in records)
     assert all(r.cost.train_steps == (0 if r.spec.method == "zero-shot" else STEPS) for r in records)
