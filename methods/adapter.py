@@ -112,7 +112,7 @@ class Bottleneck(nn.Module):
 
 
 @register_method("adapter", AdapterConfig, "bottleneck adapters (Houlsby serial / AdaptFormer parallel) in the "
-                                           "attention and feed-forward sublayers of chosen groups")
+                                           "attention and feed-forward sublayers of chosen groups", family="adapters")
 class Adapter(Method):
     identity_at_init = True
     slots = ("output_adapter",)

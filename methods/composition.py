@@ -164,6 +164,7 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
         "parts": classes,
         "identity_at_init": all(cls.identity_at_init for _, cls in classes),
         "slots": tuple(dict.fromkeys(slot for _, cls in classes for slot in cls.slots)),
+        "family": "composition",
         "__module__": __name__,
         "__doc__": f"{' then '.join(parts)}, installed in that order.",
     })
@@ -175,7 +176,7 @@ def compose(name: str, parts: tuple[str, ...]) -> type[CompositeMethod]:
 
 def register_composite(name: str, parts: tuple[str, ...], description: str) -> type[CompositeMethod]:
     method_class = compose(name, parts)
-    return register_method(name, method_class.config_class, description)(method_class)
+    return register_method(name, method_class.config_class, description, family="composition")(method_class)
 
 
 def resolve_composite(name: str) -> tuple[type[CompositeMethod], str] | None:

@@ -101,7 +101,8 @@ def install_text_context(model: DetectorBase, tokens: int) -> dict[str, nn.Param
     return trainable_under(model, encoder.input_embedding_hook)
 
 
-@register_method("coop", CoOpConfig, "CoOp: M learnable context vectors after [CLS] in the text input space, positive maps shifted")
+@register_method("coop", CoOpConfig, "CoOp: M learnable context vectors after [CLS] in the text input space, positive maps shifted",
+                 family="text prompts")
 class CoOp(Method):
     slots = ("input_embedding_hook",)
     identity_at_init = False

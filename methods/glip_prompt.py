@@ -65,7 +65,8 @@ def _text_shape(model: DetectorBase) -> tuple[int, int]:
     return model.text_slots, model.text_encoder().word_embeddings().embedding_dim
 
 
-@register_method("glip-prompt", GlipPromptConfig, "GLIP's prompt tuning: a zero-initialised offset per text slot before fusion")
+@register_method("glip-prompt", GlipPromptConfig, "GLIP's prompt tuning: a zero-initialised offset per text slot before fusion",
+                 family="text prompts")
 class GlipPrompt(Method):
     slots = ("text_feature_offset",)
     identity_at_init = True

@@ -110,7 +110,8 @@ class _BlockView:
         return self.owner.vision_prompts(self.depth, x)
 
 
-@register_method("maple", MapleConfig, "MaPLe-style coupled prompts: deep text prompts, vision prompts mapped from them by linear couplings")
+@register_method("maple", MapleConfig, "MaPLe-style coupled prompts: deep text prompts, vision prompts mapped from them by linear couplings",
+                 family="text and image prompts")
 class Maple(Method):
     slots = ("input_embedding_hook", "layer_input_hook", "extra_tokens")
     identity_at_init = False

@@ -200,7 +200,8 @@ class LoraMethodConfig(MethodConfig):
     }
 
 
-@register_method("lora", LoraMethodConfig, "LoRA (peft) on the Linear layers of chosen parameter groups (default: fusion)")
+@register_method("lora", LoraMethodConfig, "LoRA (peft) on the Linear layers of chosen parameter groups (default: fusion)",
+                 family="low-rank updates")
 class Lora(Method):
     """``W x + (alpha / r) B A x``, B zero at init (peft's default), so the model starts unchanged."""
 
@@ -233,7 +234,8 @@ class Lora(Method):
         return sum(low_rank_dimension(self.config.rank, m.out_features, m.in_features) for m in self.targets(model).values())
 
 
-@register_method("dora", LoraMethodConfig, "DoRA (peft LoRA with use_dora): LoRA direction plus a learned per-output magnitude")
+@register_method("dora", LoraMethodConfig, "DoRA (peft LoRA with use_dora): LoRA direction plus a learned per-output magnitude",
+                 family="low-rank updates")
 class Dora(Lora):
     """``m * (W + s B A) / ||W + s B A||_row``; peft initialises ``m`` to the row norms of ``W``.
 
@@ -280,7 +282,8 @@ class Ia3MethodConfig(MethodConfig):
     }
 
 
-@register_method("ia3", Ia3MethodConfig, "IA3 (peft): learned scaling vectors on the Linear layers of chosen parameter groups")
+@register_method("ia3", Ia3MethodConfig, "IA3 (peft): learned scaling vectors on the Linear layers of chosen parameter groups",
+                 family="scalings and shifts")
 class Ia3(Method):
     """``l * (W x)`` (or ``W (l * x)`` for feedforward layers) with ``l`` initialised to ones."""
 
@@ -370,6 +373,7 @@ class Tuner:
 
     slug: str
     peft_type: str  # the name of the PeftType member, absent from older peft releases
+    family: str  # a key of bench.tuning.base.FAMILIES
     description: str
     identity_at_init: bool
     per_layer: LayerCount
@@ -488,58 +492,58 @@ _NEVER_IN_TRAIN_MODE = "acts only while the wrapped layer is in train mode, whic
 WRAPPER_MODE_DROPOUTS = {"rank_dropout": _NEVER_IN_TRAIN_MODE, "module_dropout": _NEVER_IN_TRAIN_MODE}
 
 TUNERS: tuple[Tuner, ...] = (
-    Tuner("beft", "BEFT", "peft BEFT: a trainable offset added to each targeted Linear's output",
+    Tuner("beft", "BEFT", "biases", "peft BEFT: a trainable offset added to each targeted Linear's output",
           True, lambda c, m: m.out_features),
-    Tuner("boft", "BOFT", "BOFT (peft): a block-diagonal orthogonal rotation of each Linear's input plus a per-output scale",
+    Tuner("boft", "BOFT", "rotations", "BOFT (peft): a block-diagonal orthogonal rotation of each Linear's input plus a per-output scale",
           True, _boft, excluded={"boft_n_butterfly_factor": "peft honours it only where its CUDA kernel compiles and silently uses 1 "
                                                             "elsewhere, so the method would depend on the machine"},
           limits={"boft_block_size": NON_NEGATIVE, "boft_block_num": NON_NEGATIVE, "boft_dropout": DROPOUT}),
-    Tuner("deft", "DEFT", "DeFT (peft): replaces a learned rank-r subspace of each Linear's output",
+    Tuner("deft", "DEFT", "low-rank updates", "DeFT (peft): replaces a learned rank-r subspace of each Linear's output",
           False, lambda c, m: c.r * m.out_features + (0 if c.para else c.r * m.in_features),
           excluded={"init_scale": UNUSED_WITH_DEFAULT_INIT}, limits={"deft_dropout": DROPOUT}),
-    Tuner("fourierft", "FOURIERFT", "FourierFT (peft): a weight update from trainable coefficients at random 2D frequencies",
+    Tuner("fourierft", "FOURIERFT", "sparse or spectral updates", "FourierFT (peft): a weight update from trainable coefficients at random 2D frequencies",
           False, lambda c, m: c.n_frequency, option_types={"random_loc_seed": int},
           limits={"n_frequency": AT_LEAST_ONE}),
-    Tuner("glora", "GLORA", "GLoRA (peft): low-rank, vector or scalar scale and shift paths on each Linear's weight and bias",
+    Tuner("glora", "GLORA", "low-rank updates", "GLoRA (peft): low-rank, vector or scalar scale and shift paths on each Linear's weight and bias",
           True, _glora),
-    Tuner("gralora", "GRALORA", "GraLoRA (peft): a k x k grid of block-wise low-rank updates of each Linear",
+    Tuner("gralora", "GRALORA", "low-rank updates", "GraLoRA (peft): a k x k grid of block-wise low-rank updates of each Linear",
           True, lambda c, m: (c.r + c.hybrid_r) * (m.in_features + m.out_features),
           limits={"hybrid_r": NON_NEGATIVE, "gralora_dropout": DROPOUT, "gralora_k": AT_LEAST_ONE}),
-    Tuner("hira", "HIRA", "HiRA (peft): the Hadamard product of each frozen weight with a low-rank update",
+    Tuner("hira", "HIRA", "low-rank updates", "HiRA (peft): the Hadamard product of each frozen weight with a low-rank update",
           True, lambda c, m: c.r * (m.in_features + m.out_features), limits={"hira_dropout": DROPOUT}),
-    Tuner("hra", "HRA", "HRA (peft): a chain of r Householder reflections of each Linear's input",
+    Tuner("hra", "HRA", "rotations", "HRA (peft): a chain of r Householder reflections of each Linear's input",
           False, lambda c, m: c.r * m.in_features),
-    Tuner("ln-tuning", "LN_TUNING", "LN tuning (peft): trains a copy of every LayerNorm of the chosen parameter groups",
+    Tuner("ln-tuning", "LN_TUNING", "scalings and shifts", "LN tuning (peft): trains a copy of every LayerNorm of the chosen parameter groups",
           True, lambda c, m: sum(p.numel() for p in m.parameters()), layer=nn.LayerNorm),
-    Tuner("loha", "LOHA", "LoHa (peft): the Hadamard product of two low-rank updates of each Linear",
+    Tuner("loha", "LOHA", "low-rank updates", "LoHa (peft): the Hadamard product of two low-rank updates of each Linear",
           True, lambda c, m: 2 * c.r * (m.in_features + m.out_features), excluded=WRAPPER_MODE_DROPOUTS),
-    Tuner("lokr", "LOKR", "LoKr (peft): a Kronecker product update of each Linear",
+    Tuner("lokr", "LOKR", "low-rank updates", "LoKr (peft): a Kronecker product update of each Linear",
           True, _lokr, excluded={**WRAPPER_MODE_DROPOUTS, "rank_dropout_scale": "rescales rank_dropout, which is not an option"},
           limits={"decompose_factor": Range(-1)}),
-    Tuner("oft", "OFT", "OFT (peft): a block-diagonal orthogonal rotation of each Linear's input",
+    Tuner("oft", "OFT", "rotations", "OFT (peft): a block-diagonal orthogonal rotation of each Linear's input",
           True, _oft, limits={"r": NON_NEGATIVE, "oft_block_size": NON_NEGATIVE, "module_dropout": DROPOUT, "eps": POSITIVE,
                               "num_cayley_neumann_terms": AT_LEAST_ONE}),
-    Tuner("osf", "OSF", "OSF (peft): trains the weaker singular directions of each Linear (half by default), the others frozen",
+    Tuner("osf", "OSF", "low-rank updates", "OSF (peft): trains the weaker singular directions of each Linear (half by default), the others frozen",
           False, lambda c, m: _osf_rank(c, m) * (m.in_features + m.out_features + 1),
           option_types={"effective_rank": int | None}, limits={"effective_rank": AT_LEAST_ONE}),
-    Tuner("peanut", "PEANUT", "PEANuT (peft): a small network of each frozen weight gives its update",
+    Tuner("peanut", "PEANUT", "low-rank updates", "PEANuT (peft): a small network of each frozen weight gives its update",
           True, lambda c, m: 2 * c.r * m.out_features + 2 * c.depth * c.r * c.r,
           option_types={"act_fn": Literal[tuple(sorted(ACT2FN))]}, limits={"depth": NON_NEGATIVE}),
-    Tuner("psoft", "PSOFT", "PSOFT (peft): an orthogonal rotation inside each Linear's principal rank-r subspace",
+    Tuner("psoft", "PSOFT", "rotations", "PSOFT (peft): an orthogonal rotation inside each Linear's principal rank-r subspace",
           True, _psoft, excluded={"ab_svd_init": "an initialisation choice; peft's default keeps the model unchanged at the start"},
           limits={"psoft_alpha": POSITIVE, "psoft_dropout": DROPOUT, "psoft_svd_lowrank_niter": AT_LEAST_ONE,
                   "num_cayley_neumann_terms": AT_LEAST_ONE, "cayley_neumann_eps": POSITIVE}),
-    Tuner("randlora", "RANDLORA", "RandLoRA (peft): full-rank updates from frozen random bases with trainable scales",
+    Tuner("randlora", "RANDLORA", "low-rank updates", "RandLoRA (peft): full-rank updates from frozen random bases with trainable scales",
           True, _randlora, limits={"randlora_dropout": DROPOUT, "randlora_alpha": POSITIVE}),
-    Tuner("supertuning", "SUPERTUNING", "Super-Tuning (peft): trains a sparse set of each Linear's weight entries",
+    Tuner("supertuning", "SUPERTUNING", "sparse or spectral updates", "Super-Tuning (peft): trains a sparse set of each Linear's weight entries",
           True, _supertuning, limits={"sparsity": Range(0, 1, high_open=True), "lora_alpha": POSITIVE, "lora_dropout": DROPOUT}),
-    Tuner("tinylora", "TINYLORA", "TinyLoRA (peft): one tiny vector per group of layers, projected into each weight's SVD",
+    Tuner("tinylora", "TINYLORA", "low-rank updates", "TinyLoRA (peft): one tiny vector per group of layers, projected into each weight's SVD",
           True, lambda c, m: 0, shared=_tinylora_groups, excluded={"init_v_bound": UNUSED_WITH_DEFAULT_INIT},
           limits={"u": AT_LEAST_ONE, "weight_tying": Range(0, 1), "tinylora_dropout": DROPOUT}),
-    Tuner("unilora", "UNILORA", "Uni-LoRA (peft): every LoRA entry drawn from one shared trainable vector",
+    Tuner("unilora", "UNILORA", "low-rank updates", "Uni-LoRA (peft): every LoRA entry drawn from one shared trainable vector",
           False, lambda c, m: 0, shared=lambda c, layers: c.theta_d_length,
           limits={"theta_d_length": AT_LEAST_ONE, "unilora_dropout": DROPOUT, "init_theta_d_bound": POSITIVE}),
-    Tuner("vera", "VERA", "VeRA (peft): frozen random low-rank matrices shared by all layers, trainable scaling vectors",
+    Tuner("vera", "VERA", "low-rank updates", "VeRA (peft): frozen random low-rank matrices shared by all layers, trainable scaling vectors",
           True, lambda c, m: m.out_features + c.r, limits={"vera_dropout": DROPOUT, "d_initial": POSITIVE}),
 )
 
@@ -745,7 +749,7 @@ def _register(tuner: Tuner) -> type[PeftCatalogueMethod]:
     module = sys.modules[__name__]
     setattr(module, config_class.__name__, config_class)
     setattr(module, method_class.__name__, method_class)
-    return register_method(tuner.name, config_class, f"{tuner.description} (default: fusion)")(method_class)
+    return register_method(tuner.name, config_class, f"{tuner.description} (default: fusion)", family=tuner.family)(method_class)
 
 
 CATALOGUE: dict[str, type[PeftCatalogueMethod]] = {tuner.name: _register(tuner) for tuner in TUNERS if tuner.available}

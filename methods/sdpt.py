@@ -315,7 +315,8 @@ def install_tokens(model: DetectorBase, config: SdptConfig) -> dict[str, nn.Para
     return trainable
 
 
-@register_method("sdpt", SdptConfig, "SDPT: prototype tokens in the fusion space, pseudo-inverse projected into both modalities")
+@register_method("sdpt", SdptConfig, "SDPT: prototype tokens in the fusion space, pseudo-inverse projected into both modalities",
+                 family="fusion prototypes")
 class Sdpt(Method):
     slots = ("token_extension",)
     identity_at_init = False  # the appended tokens change the text branch from the start
@@ -331,7 +332,8 @@ class Sdpt(Method):
         return sdpt_effective_count(model, self.config)
 
 
-@register_method("sdpt-head", SdptHeadConfig, "SDPT as released: prototype tokens plus the whole detection head (DyHead) trainable")
+@register_method("sdpt-head", SdptHeadConfig, "SDPT as released: prototype tokens plus the whole detection head (DyHead) trainable",
+                 family="fusion prototypes")
 class SdptHead(Method):
     identity_at_init = False
     slots = ("token_extension",)

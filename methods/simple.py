@@ -41,7 +41,8 @@ class ZeroShotConfig(MethodConfig):
     }
 
 
-@register_method("zero-shot", ZeroShotConfig, "nothing trained: the pre-trained detector evaluated as it is")
+@register_method("zero-shot", ZeroShotConfig, "nothing trained: the pre-trained detector evaluated as it is",
+                 family="none")
 class ZeroShot(Method):
     identity_at_init = True
     trains = False
@@ -81,7 +82,8 @@ def frozen_vision_parameters(model: DetectorBase, freeze_at: int) -> set[str]:
     return frozen
 
 
-@register_method("full", FullConfig, "full fine-tuning with GLIP's recipe (first vision stage frozen, lower text lr)")
+@register_method("full", FullConfig, "full fine-tuning with GLIP's recipe (first vision stage frozen, lower text lr)",
+                 family="all weights")
 class Full(Method):
     identity_at_init = True
 
@@ -113,7 +115,8 @@ class LinearProbeConfig(MethodConfig):
     }
 
 
-@register_method("linear-probe", LinearProbeConfig, "GLIP's linear probe: box regression, centerness, text projection, logit scale and biases")
+@register_method("linear-probe", LinearProbeConfig, "GLIP's linear probe: box regression, centerness, text projection, logit scale and biases",
+                 family="head")
 class LinearProbe(Method):
     identity_at_init = True
 
@@ -147,7 +150,7 @@ def bias_parameters(model: DetectorBase) -> list[str]:
     return [n for n in model.base_parameter_names() if n.endswith(".bias")]
 
 
-@register_method("bitfit", BitFitConfig, "BitFit: every bias term of the detector, nothing else")
+@register_method("bitfit", BitFitConfig, "BitFit: every bias term of the detector, nothing else", family="biases")
 class BitFit(Method):
     identity_at_init = True
 

@@ -132,7 +132,8 @@ def _init_tokens(config: VptConfig, channels: int, first_stage_channels: int, li
     return nn.init.normal_(tokens, std=NORMAL_INIT_STD)
 
 
-@register_method("vpt", VptConfig, "VPT: learnable prompt tokens as extra keys/values in Swin windows (deep, shallow or per-stage)")
+@register_method("vpt", VptConfig, "VPT: learnable prompt tokens as extra keys/values in Swin windows (deep, shallow or per-stage)",
+                 family="image prompts")
 class Vpt(Method):
     slots = ("extra_tokens",)
     identity_at_init = False  # the prompts join the attention softmax from the start

@@ -91,7 +91,7 @@ def retention_figure(board: Leaderboard) -> Figure:
     """As :func:`cost_figure`, against what tuning cost on the model's retention set: the zero-shot row's
     retention minus the row's, in points (zero-shot sits at 0); the front is the best downstream score
     for at most that loss."""
-    unit = f"retention loss ({board.metric} points on the model's retention set, zero-shot minus tuned)"
+    unit = f"retention loss ({board.metric} points lost on the retention set)"
     return _cost_figure(board, "retention loss", lambda panel: (100 * panel["retention_drop"], unit), log_x=False)
 
 

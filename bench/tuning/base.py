@@ -151,6 +151,7 @@ class Method:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # a key of FAMILIES
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     identity_at_init: ClassVar[bool] = False
     slots: ClassVar[tuple[str, ...]] = ()
@@ -190,6 +191,26 @@ class Method:
         return self.expected_trainable(model)
 
 
+# What a method trains, in broad strokes: the families of the README's method table and of
+# ``--list --verbose``. Each method declares one when it registers.
+FAMILIES: dict[str, str] = {
+    "none": "nothing trains",
+    "all weights": "every weight of the detector",
+    "head": "weights of the detection head",
+    "biases": "bias terms, or offsets added to layer outputs",
+    "text prompts": "learned vectors in the text encoder's input or features",
+    "image prompts": "learned tokens in the vision backbone",
+    "text and image prompts": "prompts in both encoders",
+    "fusion prototypes": "learned tokens in the image-text fusion space",
+    "low-rank updates": "a factored (low-rank, Kronecker, Hadamard, shared-basis) update of frozen weights",
+    "rotations": "an orthogonal transform of frozen weights' inputs",
+    "scalings and shifts": "learned per-channel scales (and shifts) of activations",
+    "sparse or spectral updates": "a weight update from few entries or frequencies",
+    "adapters": "small modules added inside the blocks",
+    "composition": "two or more of these, trained together",
+}
+
+
 METHOD_PLUGINS = "vl_peft_bench.methods"
 """The entry-point group whose modules define the tuning methods (``methods`` declares itself in pyproject.toml)."""
 METHODS: Registry[type[Method]] = Registry("method", plugin_group=METHOD_PLUGINS)
@@ -197,11 +218,14 @@ METHODS: Registry[type[Method]] = Registry("method", plugin_group=METHOD_PLUGINS
 M = TypeVar("M", bound=type[Method])
 
 
-def register_method(name: str, config_class: type[MethodConfig], description: str) -> Callable[[M], M]:
-    """Class decorator: give a method its name and config class and add it to :data:`METHODS`."""
+def register_method(name: str, config_class: type[MethodConfig], description: str, *, family: str) -> Callable[[M], M]:
+    """Class decorator: give a method its name, config class and family (a key of :data:`FAMILIES`)
+    and add it to :data:`METHODS`."""
+    if family not in FAMILIES:
+        raise ValueError(f"Method {name!r}: family {family!r} is not one of {', '.join(FAMILIES)} (bench.tuning.base.FAMILIES).")
 
     def decorate(cls: M) -> M:
-        cls.name, cls.config_class, cls.description = name, config_class, description
+        cls.name, cls.config_class, cls.description, cls.family = name, config_class, description, family
         METHODS.add(name, cls, description)
         return cls
 
