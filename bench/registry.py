@@ -26,11 +26,13 @@ MAX_LISTED_NAMES = 60  # above this, an unknown-name message points at --list in
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered object and the one-line description shown by ``--list``."""
+    """A registered object and the one-line description shown by ``--list``; ``on_demand``: made by a
+    resolver for a name asked for (a composition), not declared by a plugin."""
 
     name: str
     obj: T
     description: str
+    on_demand: bool = False
 
 
 class Registry(Generic[T]):
@@ -70,13 +72,13 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def add(self, name: str, obj: T, description: str = "") -> None:
+    def add(self, name: str, obj: T, description: str = "", *, on_demand: bool = False) -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice; names must be unique.")
         if not description:
             doc = getattr(obj, "__doc__", None) or ""
             description = doc.strip().splitlines()[0] if doc.strip() else ""
-        self._entries[name] = Entry(name, obj, description)
+        self._entries[name] = Entry(name, obj, description, on_demand)
 
     def add_resolver(self, resolve: Callable[[str], tuple[T, str] | None]) -> None:
         """Let ``resolve`` make entries for names nobody registered (``sdpt+bitfit``: any composition of
@@ -93,7 +95,7 @@ class Registry(Generic[T]):
             for resolve in self._resolvers:
                 made = resolve(name)
                 if made is not None:
-                    self.add(name, *made)
+                    self.add(name, *made, on_demand=True)
                     break
         try:
             return self._entries[name]
@@ -119,6 +121,11 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load_plugins()
         return name in self._entries
+
+    def declared(self) -> list[Entry[T]]:
+        """The entries the plugins declared, by name: what ``--list`` and the README's tables show,
+        whichever names this process has resolved on demand."""
+        return [entry for entry in self if not entry.on_demand]
 
     def __iter__(self) -> Iterator[Entry[T]]:
         self._load_plugins()

@@ -24,7 +24,7 @@ def describe_methods(verbose: bool = False) -> str:
     sections: one line per method, its presets below it as ``@name``; ``verbose`` adds every config
     field as ``name = default (accepted values)  source`` and each preset's options and source."""
     lines = [f"Methods (write method{SEPARATOR}preset for a method with a preset's options):"]
-    for entry in METHODS:
+    for entry in METHODS.declared():
         lines.append(f"  {entry.name:<{NAME_WIDTH}} {entry.description}")
         if verbose:
             lines += _field_lines(entry.obj.config_class)

@@ -45,7 +45,7 @@ def defaults_summary(config_class: type[MethodConfig]) -> str:
 def method_table(model_name: str = "glip-t") -> pd.DataFrame:
     """One row per registered method (presets are configs of these, compositions made on demand are
     sums of their parts, so neither has a row), ordered by family as in :data:`FAMILIES`."""
-    entries = sorted(METHODS, key=lambda entry: (list(FAMILIES).index(entry.obj.family), entry.name))
+    entries = sorted(METHODS.declared(), key=lambda entry: (list(FAMILIES).index(entry.obj.family), entry.name))
     counts = accounting_table([model_name], [entry.name for entry in entries]).set_index("method")
     return pd.DataFrame([{
         "method": entry.name,
