@@ -26,8 +26,9 @@ model starts bit-identical, both checked by the contract tests. Tuners that cann
 listed with the reason in :data:`REFUSED_TUNERS` (prompt learning and others) and
 :data:`UNREGISTERED_TUNERS` (they apply, but fail the contract with peft's defaults or would not train
 as themselves under this harness's train/eval rule, :mod:`bench.train.modes`); asking for one by name
-gives its reason. Effective counts (:mod:`bench.tuning.accounting`) of the catalogue are not derived
-yet: they report their allocation (:data:`EFFECTIVE_COUNT_NOT_DERIVED`).
+gives its reason. Effective counts (:mod:`bench.tuning.accounting`) are derived for VeRA, HRA and
+LoKr (:attr:`Tuner.redundant`); the other tuners report their allocation
+(:data:`EFFECTIVE_COUNT_NOT_DERIVED`).
 
 What peft does to names: a wrapped layer's own tensors move from ``x.weight`` to
 ``x.base_layer.weight`` and the adapter's tensors appear as ``x.lora_A.<adapter>.weight`` (LoRA),
@@ -368,7 +369,11 @@ class Tuner:
     unwrapped ``nn.Linear`` or ``nn.LayerNorm``); ``shared(peft_config, layers)`` those it adds once
     for all ``layers`` targeted layers. ``excluded``: fields of this tuner that are not options, with
     the reason; ``option_types``: the option type of a field whose peft annotation has none (a plain ``str``,
-    an int-or-fraction); ``limits``: ranges besides :data:`COMMON_LIMITS`.
+    an int-or-fraction); ``limits``: ranges besides :data:`COMMON_LIMITS`. ``redundant(peft_config,
+    layer)``: the directions of one targeted layer's parameters that act on nothing (the gauges of
+    the tuner's parametrisation), so that the effective count is the allocation less these; derived
+    in its docstring and checked against Jacobian ranks (tests/methods/test_effective_counts.py);
+    None where no derivation was made (:data:`EFFECTIVE_COUNT_NOT_DERIVED`).
     """
 
     slug: str
@@ -382,6 +387,7 @@ class Tuner:
     excluded: Mapping[str, str] = dataclasses.field(default_factory=dict)
     option_types: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     limits: Mapping[str, Range] = dataclasses.field(default_factory=dict)
+    redundant: LayerCount | None = None
 
     @property
     def name(self) -> str:
@@ -404,16 +410,44 @@ def _boft(config: Any, layer: nn.Linear) -> int:
     return layer.in_features * block + layer.out_features
 
 
-def _lokr(config: Any, layer: nn.Linear) -> int:
-    """``W = w1 (x) w2`` with ``out = a b``, ``in = c d`` (peft's ``factorization``); each factor is full
-    (``a c``, ``b d``) unless the rank is below half its larger side, then ``r`` times the sides' sum
-    (``w1`` only with ``decompose_both``)."""
+def _lokr_factors(config: Any, layer: nn.Linear) -> tuple[tuple[int, int, bool], tuple[int, int, bool]]:
+    """``W = w1 (x) w2`` with ``out = a b``, ``in = c d`` (peft's ``factorization``): the factors'
+    shapes ``(a, c)`` and ``(b, d)``, and whether each is stored as a rank-``r`` product (when the rank
+    is below half its larger side; ``w1`` only with ``decompose_both``)."""
     a, b = factorization(layer.out_features, config.decompose_factor)
     c, d = factorization(layer.in_features, config.decompose_factor)
     r = config.r
-    w1 = r * (a + c) if config.decompose_both and r < max(a, c) / 2 else a * c
-    w2 = r * (b + d) if r < max(b, d) / 2 else b * d
-    return w1 + w2
+    return (a, c, bool(config.decompose_both) and r < max(a, c) / 2), (b, d, r < max(b, d) / 2)
+
+
+def _lokr(config: Any, layer: nn.Linear) -> int:
+    """Each factor full (rows x columns) or a rank-``r`` product (``r`` times the sides' sum)."""
+    return sum(config.r * (rows + columns) if factored else rows * columns
+               for rows, columns, factored in _lokr_factors(config, layer))
+
+
+def _lokr_redundant(config: Any, layer: nn.Linear) -> int:
+    """One scale between the factors (``(s w1) (x) (w2 / s)`` is the same update), and in a factor
+    stored as a product ``u v`` the gauge of that product, as for LoRA (:func:`low_rank_dimension`)."""
+    return 1 + sum(config.r * (rows + columns) - low_rank_dimension(config.r, rows, columns)
+                   for rows, columns, factored in _lokr_factors(config, layer) if factored)
+
+
+def _hra_redundant(config: Any, layer: nn.Linear) -> int:
+    """HRA multiplies the weight by ``r`` Householder reflections ``I - 2 u u^T / |u|^2`` of the input
+    space. The product depends on the ``r`` vectors only through their span (``r (in - r)`` directions)
+    and the product's action inside it, an element of ``O(r)`` (``r (r - 1) / 2``); so of ``r in`` stored
+    numbers ``r (r + 1) / 2`` act on nothing (each vector's length among them). With Gram-Schmidt
+    (``apply_GS``) the product is ``I - 2 U U^T`` of the orthonormalised vectors, their span alone:
+    ``r^2``."""
+    r = min(config.r, layer.in_features)
+    return r * r if config.apply_GS else r * (r + 1) // 2
+
+
+def _vera_redundant(config: Any, layer: nn.Linear) -> int:
+    """VeRA's update ``diag(b) B diag(d) A`` (``B``, ``A`` frozen and shared) is the same for ``(s b,
+    d / s)``: one direction per layer."""
+    return 1
 
 
 def _oft_block_size(config: Any, in_features: int) -> int:
@@ -512,14 +546,14 @@ TUNERS: tuple[Tuner, ...] = (
     Tuner("hira", "HIRA", "low-rank updates", "HiRA (peft): the Hadamard product of each frozen weight with a low-rank update",
           True, lambda c, m: c.r * (m.in_features + m.out_features), limits={"hira_dropout": DROPOUT}),
     Tuner("hra", "HRA", "rotations", "HRA (peft): a chain of r Householder reflections of each Linear's input",
-          False, lambda c, m: c.r * m.in_features),
+          False, lambda c, m: c.r * m.in_features, redundant=_hra_redundant),
     Tuner("ln-tuning", "LN_TUNING", "scalings and shifts", "LN tuning (peft): trains a copy of every LayerNorm of the chosen parameter groups",
           True, lambda c, m: sum(p.numel() for p in m.parameters()), layer=nn.LayerNorm),
     Tuner("loha", "LOHA", "low-rank updates", "LoHa (peft): the Hadamard product of two low-rank updates of each Linear",
           True, lambda c, m: 2 * c.r * (m.in_features + m.out_features), excluded=WRAPPER_MODE_DROPOUTS),
     Tuner("lokr", "LOKR", "low-rank updates", "LoKr (peft): a Kronecker product update of each Linear",
           True, _lokr, excluded={**WRAPPER_MODE_DROPOUTS, "rank_dropout_scale": "rescales rank_dropout, which is not an option"},
-          limits={"decompose_factor": Range(-1)}),
+          limits={"decompose_factor": Range(-1)}, redundant=_lokr_redundant),
     Tuner("oft", "OFT", "rotations", "OFT (peft): a block-diagonal orthogonal rotation of each Linear's input",
           True, _oft, limits={"r": NON_NEGATIVE, "oft_block_size": NON_NEGATIVE, "module_dropout": DROPOUT, "eps": POSITIVE,
                               "num_cayley_neumann_terms": AT_LEAST_ONE}),
@@ -544,7 +578,8 @@ TUNERS: tuple[Tuner, ...] = (
           False, lambda c, m: 0, shared=lambda c, layers: c.theta_d_length,
           limits={"theta_d_length": AT_LEAST_ONE, "unilora_dropout": DROPOUT, "init_theta_d_bound": POSITIVE}),
     Tuner("vera", "VERA", "low-rank updates", "VeRA (peft): frozen random low-rank matrices shared by all layers, trainable scaling vectors",
-          True, lambda c, m: m.out_features + c.r, limits={"vera_dropout": DROPOUT, "d_initial": POSITIVE}),
+          True, lambda c, m: m.out_features + c.r, limits={"vera_dropout": DROPOUT, "d_initial": POSITIVE},
+          redundant=_vera_redundant),
 )
 
 PROMPT_LEARNING = ("a prompt-learning tuner: peft feeds its virtual tokens to a transformers language model through the "
@@ -599,9 +634,9 @@ UNREGISTERED_TUNERS: dict[str, str] = {
 }
 
 # Catalogue tuners whose effective count (bench.tuning.accounting) is their allocation, an upper bound
-# that no derivation has checked yet: their factorisations (Kronecker, Hadamard, Householder,
-# Cayley-parametrised rotations, shared vectors) have redundancies of their own still to count.
-EFFECTIVE_COUNT_NOT_DERIVED: frozenset[str] = frozenset(tuner.name for tuner in TUNERS)
+# that no derivation has checked yet: their factorisations (Hadamard products, Cayley-parametrised
+# rotations, shared vectors, frequencies) have redundancies of their own still to count.
+EFFECTIVE_COUNT_NOT_DERIVED: frozenset[str] = frozenset(tuner.name for tuner in TUNERS if tuner.redundant is None)
 
 
 # The peft release this catalogue was reviewed against, tuner by tuner (constraints.txt pins it for
@@ -734,8 +769,13 @@ class PeftCatalogueMethod(Method):
         return sum(self.tuner.per_layer(config, layer) for layer in targets.values()) + self.tuner.shared(config, len(targets))
 
     def effective_trainable(self, model: DetectorBase, text_positions: int | None = None) -> int:
-        """The allocation, an upper bound not derived further (see :data:`EFFECTIVE_COUNT_NOT_DERIVED`)."""
-        return self.expected_trainable(model)
+        """The allocation less the tuner's redundant directions per layer (:attr:`Tuner.redundant`); the
+        allocation, an upper bound, for a tuner without a derivation (:data:`EFFECTIVE_COUNT_NOT_DERIVED`)."""
+        if self.tuner.redundant is None:
+            return self.expected_trainable(model)
+        targets = self.targets(model)
+        config = self.peft_config(list(targets))
+        return self.expected_trainable(model) - sum(self.tuner.redundant(config, layer) for layer in targets.values())
 
 
 def _register(tuner: Tuner) -> type[PeftCatalogueMethod]:

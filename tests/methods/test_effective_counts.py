@@ -362,6 +362,30 @@ def test_lora_and_dora_count_the_low_rank_updates_of_each_linear(name, glip_a_fa
     assert total == method.effective_trainable(model) < method.expected_trainable(model)
 
 
+@pytest.mark.parametrize(("name", "options"), [
+    ("peft:vera", {}), ("peft:vera", {"r": 16}),
+    ("peft:hra", {}), ("peft:hra", {"r": 6}), ("peft:hra", {"r": 4, "apply_GS": True}),
+    ("peft:lokr", {}), ("peft:lokr", {"r": 2}), ("peft:lokr", {"r": 2, "decompose_both": True}),
+])
+def test_catalogue_tuners_with_a_derivation_lose_their_gauges(name, options, glip_a_factory):
+    """As for LoRA, each wrapped Linear on inputs that span its input space: VeRA loses one scale per
+    layer, HRA ``r (r + 1) / 2`` (``r^2`` with Gram-Schmidt), LoKr one scale plus each factored
+    factor's ``r x r`` gauge (the derivations: :mod:`methods.peft_tuners`). Applied in float32 (as
+    trained; PSOFT-like inits refuse float64), then moved to float64."""
+    model = glip_a_factory()
+    method = build_method(name, options)
+    trainable = method.apply(model)
+    model.double()
+    generic_point(trainable, 0.3)
+    total = 0
+    for layer in adapter_layers(model):
+        tensors = [p for p in layer.parameters() if p.requires_grad]
+        base = layer.get_base_layer()
+        inputs = torch.randn(base.in_features + 8, base.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        total += jacobian_rank(lambda: layer(inputs), tensors, sum(p.numel() for p in tensors))
+    assert total == method.effective_trainable(model) < method.expected_trainable(model)
+
+
 def random_fusion_inputs(layer: nn.Module, length: int) -> Captured:
     """Generic image and text rows for a fusion layer, ``length`` of each, every text row real."""
     query, key = layer.attention_projections()
