@@ -343,6 +343,19 @@ def adapter_layers(model) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "base_layer") and isinstance(m.get_base_layer(), nn.Linear)]
 
 
+def summed_linear_ranks(model: nn.Module, count: Callable[[nn.Linear, list[nn.Parameter]], int]) -> int:
+    """The sum over the peft-wrapped Linear layers of the Jacobian rank of each one's output, with
+    respect to its trained tensors, on random inputs that span its input space; ``count(base,
+    tensors)`` is the rank the test expects of that layer (the size of the random projection)."""
+    total = 0
+    for layer in adapter_layers(model):
+        tensors = [p for p in layer.parameters() if p.requires_grad]
+        base = layer.get_base_layer()
+        inputs = torch.randn(base.in_features + 8, base.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        total += jacobian_rank(lambda: layer(inputs), tensors, count(base, tensors))
+    return total
+
+
 @pytest.mark.parametrize("name", ["lora", "dora"])
 def test_lora_and_dora_count_the_low_rank_updates_of_each_linear(name, glip_a_factory):
     """Each wrapped Linear on random inputs that span its input space: ``(A, B) -> B A`` has rank
@@ -350,15 +363,9 @@ def test_lora_and_dora_count_the_low_rank_updates_of_each_linear(name, glip_a_fa
     the low-rank updates reach). Whether a fusion layer sees every update: the slow test below."""
     model = glip_a_factory().double()
     method = build_method(name, {"rank": 2, "alpha": 2.0})
-    trainable = method.apply(model)
-    generic_point(trainable, 0.3)
-    total = 0
-    for layer in adapter_layers(model):
-        tensors = [p for p in layer.parameters() if p.requires_grad]
-        base = layer.get_base_layer()
-        inputs = torch.randn(base.in_features + 8, base.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-        count = low_rank_dimension(2, base.out_features, base.in_features) + (base.out_features if name == "dora" else 0)
-        total += jacobian_rank(lambda: layer(inputs), tensors, count)
+    generic_point(method.apply(model), 0.3)
+    total = summed_linear_ranks(model, lambda base, tensors: low_rank_dimension(2, base.out_features, base.in_features)
+                                + (base.out_features if name == "dora" else 0))
     assert total == method.effective_trainable(model) < method.expected_trainable(model)
 
 
@@ -377,12 +384,7 @@ def test_catalogue_tuners_with_a_derivation_lose_their_gauges(name, options, gli
     trainable = method.apply(model)
     model.double()
     generic_point(trainable, 0.3)
-    total = 0
-    for layer in adapter_layers(model):
-        tensors = [p for p in layer.parameters() if p.requires_grad]
-        base = layer.get_base_layer()
-        inputs = torch.randn(base.in_features + 8, base.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-        total += jacobian_rank(lambda: layer(inputs), tensors, sum(p.numel() for p in tensors))
+    total = summed_linear_ranks(model, lambda base, tensors: sum(p.numel() for p in tensors))
     assert total == method.effective_trainable(model) < method.expected_trainable(model)
 
 
