@@ -191,8 +191,8 @@ class Method:
         return self.expected_trainable(model)
 
 
-# What a method trains, in broad strokes: the families of the README's method table and of
-# ``--list --verbose``. Each method declares one when it registers.
+# What a method trains, in broad strokes: the families of the README's method table
+# (bench.tuning.method_table). Each method declares one when it registers.
 FAMILIES: dict[str, str] = {
     "none": "nothing trains",
     "all weights": "every weight of the detector",

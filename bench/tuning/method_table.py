@@ -38,7 +38,8 @@ def defaults_summary(config_class: type[MethodConfig]) -> str:
     others = Counter(source_kind(source) for source in sources.values())
     if others:
         counted = ", ".join(f"{count} {kind}" for kind, count in sorted(others.items(), key=lambda item: (-item[1], item[0])))
-        parts.append(f"{sum(others.values())} option{'s' if sum(others.values()) > 1 else ''}: {counted}")
+        total = sum(others.values())
+        parts.append(f"{total} option{'s' if total > 1 else ''}: {counted}")
     return "; ".join(parts) or "no options"
 
 
